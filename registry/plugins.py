@@ -1,0 +1,362 @@
+"""Discovery of editor plugins through the ``model_editors`` entry-point group.
+
+Loaded once, lazily. One plugin that fails to import, registers a non-editor or a duplicate name
+is recorded and skipped; the others still load. ``MODEL_EDITORS_STRICT=1`` re-raises instead,
+``MODEL_EDITORS_LOAD=a,b`` loads only those distributions (empty = none) and
+``MODEL_EDITORS_TRACE=1`` logs every hook call.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import os
+import threading
+from dataclasses import dataclass, field
+from importlib.metadata import EntryPoint, entry_points
+from pathlib import Path
+from typing import Any, Optional
+
+import pluggy
+
+from . import hookspecs
+from .errors import EditorNotFoundError, PluginError
+
+logger = logging.getLogger(__name__)
+
+ENTRY_POINT_GROUP = hookspecs.PROJECT_NAME
+ENV_LOAD = "MODEL_EDITORS_LOAD"
+ENV_STRICT = "MODEL_EDITORS_STRICT"
+ENV_TRACE = "MODEL_EDITORS_TRACE"
+IN_PROCESS = "<in-process>"
+
+
+@dataclass(frozen=True)
+class EditorInfo:
+    """One row of ``list_editors()``: a registered editor or a plugin that failed."""
+
+    name: str
+    kind: Optional[str]
+    distribution: str
+    version: str
+    plugin: str
+    aliases: tuple[str, ...] = ()
+    error: Optional[str] = None
+    editor_class: Optional[type] = field(default=None, compare=False, repr=False)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "distribution": self.distribution,
+            "version": self.version,
+            "plugin": self.plugin,
+            "aliases": list(self.aliases),
+            "status": "ok" if self.error is None else "error",
+            "error": self.error,
+        }
+
+
+def _truthy(value: Optional[str]) -> bool:
+    return (value or "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _normalise(name: str) -> str:
+    return name.strip().lower().replace("_", "-").replace(".", "-")
+
+
+class EditorRegistry:
+    """A plugin manager plus the table of editors its plugins registered."""
+
+    def __init__(self) -> None:
+        self.pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
+        self.pm.add_hookspecs(hookspecs)
+        self._lock = threading.RLock()
+        self._entry_points_loaded = False
+        self._origins: dict[str, tuple[str, str]] = {}  # plugin name -> (distribution, version)
+        self._load_failures: dict[str, EditorInfo] = {}
+        self._editors: Optional[dict[str, EditorInfo]] = None
+        self._register_failures: dict[str, EditorInfo] = {}
+        if _truthy(os.environ.get(ENV_TRACE)):
+            self.pm.trace.root.setwriter(lambda msg: logger.info("pluggy: %s", msg.rstrip()))
+            self.pm.enable_tracing()
+
+    # ------------------------------------------------------------------ settings
+    @property
+    def strict(self) -> bool:
+        return _truthy(os.environ.get(ENV_STRICT))
+
+    @staticmethod
+    def _allowed() -> Optional[set[str]]:
+        raw = os.environ.get(ENV_LOAD)
+        if raw is None:
+            return None
+        return {_normalise(part) for part in raw.split(",") if part.strip()}
+
+    # ------------------------------------------------------------------ loading
+    def load_entry_points(self) -> None:
+        with self._lock:
+            if self._entry_points_loaded:
+                return
+            self._entry_points_loaded = True
+            allowed = self._allowed()
+            for ep in entry_points(group=ENTRY_POINT_GROUP):
+                dist_name, version = _dist_of(ep)
+                if allowed is not None and _normalise(dist_name) not in allowed and _normalise(ep.name) not in allowed:
+                    continue
+                if self.pm.is_blocked(ep.name):
+                    continue
+                if self.pm.get_plugin(ep.name) is not None:
+                    owner = self._origins.get(ep.name, (IN_PROCESS, ""))[0]
+                    if owner != dist_name:
+                        self._fail_load(ep.name, dist_name, version, PluginError(
+                            f"entry point {ep.name!r} of {dist_name} clashes with the plugin of the same "
+                            f"name from {owner}; rename one entry point"))
+                    continue
+                try:
+                    plugin = ep.load()
+                    self._check_hook_names(plugin, ep.name)
+                    self.pm.register(plugin, name=ep.name)
+                    self._origins[ep.name] = (dist_name, version)
+                except Exception as exc:  # one bad plugin never breaks the others
+                    if self.pm.get_plugin(ep.name) is not None:
+                        self.pm.unregister(name=ep.name)
+                    self._fail_load(ep.name, dist_name, version, exc)
+            try:
+                self.pm.check_pending()
+            except pluggy.PluginValidationError as exc:
+                if self.strict:
+                    raise PluginError(str(exc)) from exc
+                logger.warning("editor plugin hook check failed: %s", exc)
+            self._editors = None
+
+    def _fail_load(self, plugin: str, dist: str, version: str, exc: BaseException) -> None:
+        if self.strict:
+            raise PluginError(f"editor plugin {plugin!r} from {dist} failed to load: {_one_line(exc)}") from exc
+        logger.warning("Skipped editor plugin %r from %s: %s", plugin, dist, _one_line(exc))
+        self._load_failures[plugin] = EditorInfo(
+            name=plugin, kind=None, distribution=dist, version=version, plugin=plugin, error=_one_line(exc)
+        )
+
+    def _check_hook_names(self, plugin: Any, plugin_name: str) -> None:
+        """Misspelled hook names fail loudly (pluggy's check_pending, attributed to this plugin)."""
+        known = {name for name in dir(self.pm.hook) if not name.startswith("_")}
+        for attr in dir(plugin):
+            if attr.startswith("_"):
+                continue
+            try:
+                opts = self.pm.parse_hookimpl_opts(plugin, attr)
+            except Exception:  # noqa: BLE001 - odd attributes are not hooks
+                continue
+            if opts is not None and attr not in known and not opts.get("optionalhook"):
+                close = difflib.get_close_matches(attr, sorted(known), n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise PluginError(f"plugin {plugin_name!r} implements unknown hook {attr!r}{hint}")
+
+    # ------------------------------------------------------------------ in-process plugins
+    def register_plugin(self, plugin: Any, name: str, distribution: str = IN_PROCESS, version: str = "") -> None:
+        """Register a plugin object directly (tests, notebooks); it is treated like an entry point."""
+        with self._lock:
+            self._check_hook_names(plugin, name)
+            self.pm.register(plugin, name=name)
+            self._origins[name] = (distribution, version)
+            self._editors = None
+
+    def unregister_plugin(self, name: str) -> None:
+        with self._lock:
+            if self.pm.get_plugin(name) is not None:
+                self.pm.unregister(name=name)
+            self._origins.pop(name, None)
+            self._load_failures.pop(name, None)
+            self._editors = None
+
+    # ------------------------------------------------------------------ editors
+    def editors(self) -> dict[str, EditorInfo]:
+        """Lower-case name (and alias) -> EditorInfo, building the table on first use."""
+        self.load_entry_points()
+        with self._lock:
+            if self._editors is None:
+                self._editors, self._register_failures = self._collect()
+            return self._editors
+
+    def _collect(self) -> tuple[dict[str, EditorInfo], dict[str, EditorInfo]]:
+        from .editor import Editor  # late import keeps plugin loading free of torch
+
+        table: dict[str, EditorInfo] = {}
+        failures: dict[str, EditorInfo] = {}
+        # Call each plugin's hook on its own so one failure cannot abort the others.
+        for impl in reversed(self.pm.hook.register_editors.get_hookimpls()):
+            plugin_name = impl.plugin_name
+            dist, version = self._origins.get(plugin_name, (IN_PROCESS, ""))
+            staged: dict[str, EditorInfo] = {}
+
+            def register(editor_class: Any, _staged: dict = staged, _dist: str = dist,
+                         _version: str = version, _plugin: str = plugin_name) -> None:
+                info = _validate_editor(editor_class, Editor, _dist, _version, _plugin)
+                for key in (info.name, *info.aliases):
+                    key = key.lower()
+                    owner = table.get(key) or _staged.get(key)
+                    if owner is not None:
+                        raise PluginError(
+                            f"Editor {key!r} from {_dist} is already registered by {owner.distribution} "
+                            f"(plugin {owner.plugin!r}); rename it or drop the alias."
+                        )
+                    _staged[key] = info
+
+            kwargs = {"register": register}
+            try:
+                impl.function(**{name: kwargs[name] for name in impl.argnames if name in kwargs})
+            except Exception as exc:
+                if self.strict:
+                    raise PluginError(
+                        f"editor plugin {plugin_name!r} from {dist} failed to register: {_one_line(exc)}"
+                    ) from exc
+                logger.warning("Skipped editor plugin %r from %s: %s", plugin_name, dist, _one_line(exc))
+                failures[plugin_name] = EditorInfo(
+                    name=plugin_name, kind=None, distribution=dist, version=version,
+                    plugin=plugin_name, error=_one_line(exc),
+                )
+                continue
+            table.update(staged)
+        return table, failures
+
+    def failures(self) -> list[EditorInfo]:
+        self.editors()
+        return list(self._load_failures.values()) + list(self._register_failures.values())
+
+    def list_editors(self) -> list[EditorInfo]:
+        """Every editor once (aliases folded), then every failed plugin."""
+        seen: dict[int, EditorInfo] = {}
+        for info in self.editors().values():
+            seen.setdefault(id(info), info)
+        ok = sorted(seen.values(), key=lambda i: i.name.lower())
+        return ok + self.failures()
+
+    def get_editor(self, name: str) -> type:
+        if not isinstance(name, str) or not name.strip():
+            raise EditorNotFoundError("editor name is empty; pass one of the names `detox plugins` lists")
+        table = self.editors()
+        info = table.get(name.strip().lower())
+        if info is not None and info.editor_class is not None:
+            return info.editor_class
+        names = sorted({i.name for i in table.values()})
+        close = difflib.get_close_matches(name.lower(), list(table), n=1, cutoff=0.4)
+        hint = f" Did you mean {table[close[0]].name!r}?" if close else ""
+        broken = [f.plugin for f in self.failures()]
+        extra = f" Plugins that failed to load: {', '.join(broken)} (see `detox plugins`)." if broken else ""
+        raise EditorNotFoundError(
+            f"unknown editor {name!r}; available: {', '.join(names) or 'none'}.{hint}{extra}"
+        )
+
+
+def _validate_editor(editor_class: Any, base: type, dist: str, version: str, plugin: str) -> EditorInfo:
+    from .editor import KINDS
+    from .hparams import HyperParams
+
+    if not isinstance(editor_class, type) or not issubclass(editor_class, base):
+        raise PluginError(f"register() got {editor_class!r}, which is not a subclass of registry.Editor")
+    name = getattr(editor_class, "name", None)
+    if not isinstance(name, str) or not name.strip() or name != name.strip():
+        raise PluginError(f"{editor_class.__name__}.name must be a non-empty string, got {name!r}")
+    kind = getattr(editor_class, "kind", None)
+    if kind not in KINDS:
+        raise PluginError(f"{editor_class.__name__}.kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    hp = getattr(editor_class, "hparams_class", None)
+    if not isinstance(hp, type) or not issubclass(hp, HyperParams):
+        raise PluginError(f"{editor_class.__name__}.hparams_class must be a HyperParams subclass, got {hp!r}")
+    aliases = tuple(getattr(editor_class, "aliases", ()) or ())
+    return EditorInfo(name=name, kind=kind, distribution=dist, version=version, plugin=plugin,
+                      aliases=aliases, editor_class=editor_class)
+
+
+def _dist_of(ep: EntryPoint) -> tuple[str, str]:
+    dist = getattr(ep, "dist", None)
+    if dist is None:
+        return (ep.module.split(".")[0], "")
+    return (dist.metadata["Name"] or dist.name, dist.version or "")
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or exc.__class__.__name__
+    return f"{exc.__class__.__name__}: {text}"
+
+
+# ---------------------------------------------------------------------- the process-wide registry
+_REGISTRY: Optional[EditorRegistry] = None
+_REGISTRY_LOCK = threading.Lock()
+
+
+def get_registry() -> EditorRegistry:
+    """The process-wide registry, created on first use (no work at import time)."""
+    global _REGISTRY
+    with _REGISTRY_LOCK:
+        if _REGISTRY is None:
+            _REGISTRY = EditorRegistry()
+        return _REGISTRY
+
+
+def reset_registry() -> None:
+    """Forget every loaded plugin; the next call discovers entry points again (tests)."""
+    global _REGISTRY
+    with _REGISTRY_LOCK:
+        _REGISTRY = None
+
+
+def get_plugin_manager() -> pluggy.PluginManager:
+    return get_registry().pm
+
+
+def load_editors() -> dict[str, type]:
+    """Discover plugins (once) and return ``{name: EditorClass}`` for every registered editor."""
+    return {info.name: info.editor_class for info in get_registry().list_editors() if info.error is None}
+
+
+def list_editors() -> list[EditorInfo]:
+    return get_registry().list_editors()
+
+
+def get_editor(name: str) -> type:
+    return get_registry().get_editor(name)
+
+
+def shipped_hparams() -> dict[str, Path]:
+    """``{"DINM/smollm2-135m": path}`` for every YAML/JSON shipped by an installed editor."""
+    from importlib.resources import files
+
+    found: dict[str, Path] = {}
+    packages = []
+    for info in get_registry().list_editors():
+        pkg = getattr(info.editor_class, "hparams_package", None) if info.editor_class else None
+        if pkg and pkg not in packages:
+            packages.append(pkg)
+    for pkg in packages:
+        try:
+            root = files(pkg)
+        except (ModuleNotFoundError, TypeError) as exc:
+            logger.warning("hparams package %r is not importable: %s", pkg, exc)
+            continue
+        for sub in sorted(root.iterdir(), key=lambda t: t.name):
+            if not sub.is_dir() or sub.name.startswith(("_", ".")):
+                continue
+            for item in sorted(sub.iterdir(), key=lambda t: t.name):
+                stem, dot, suffix = item.name.rpartition(".")
+                if dot and f".{suffix}" in (".yaml", ".yml", ".json") and item.is_file():
+                    found.setdefault(f"{sub.name}/{stem}", Path(str(item)))
+    return found
+
+
+
+def editor_origin(editor_class: type) -> tuple[str, str]:
+    """(distribution, version) of an editor class: from the registry, else from its top-level package."""
+    for info in get_registry().editors().values():
+        if info.editor_class is editor_class:
+            return info.distribution, info.version
+    from importlib.metadata import PackageNotFoundError, packages_distributions, version
+
+    top = editor_class.__module__.split(".")[0]
+    for dist in packages_distributions().get(top, []):
+        try:
+            return dist, version(dist)
+        except PackageNotFoundError:
+            continue
+    return IN_PROCESS, ""
