@@ -185,7 +185,7 @@ class EditorRegistry:
         table: dict[str, EditorInfo] = {}
         failures: dict[str, EditorInfo] = {}
         # Call each plugin's hook on its own so one failure cannot abort the others.
-        for impl in reversed(self.pm.hook.register_editors.get_hookimpls()):
+        for impl in self.pm.hook.register_editors.get_hookimpls():  # registration order: first wins
             plugin_name = impl.plugin_name
             dist, version = self._origins.get(plugin_name, (IN_PROCESS, ""))
             staged: dict[str, EditorInfo] = {}

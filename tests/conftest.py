@@ -1,0 +1,48 @@
+"""Shared fixtures: an isolated editor registry and tiny random models built in-process."""
+
+from __future__ import annotations
+
+import os
+from typing import Iterator
+
+import pytest
+
+# Nothing in the test run may reach a model hub.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture
+def editor_registry(monkeypatch: pytest.MonkeyPatch) -> Iterator["object"]:
+    """A fresh registry with entry-point autoloading off; tests register plugins in-process."""
+    from registry import plugins
+
+    monkeypatch.setenv(plugins.ENV_LOAD, "")
+    monkeypatch.delenv(plugins.ENV_STRICT, raising=False)
+    plugins.reset_registry()
+    try:
+        yield plugins.get_registry()
+    finally:
+        plugins.reset_registry()
+
+
+@pytest.fixture
+def real_registry(monkeypatch: pytest.MonkeyPatch) -> Iterator["object"]:
+    """A fresh registry that discovers the installed entry points."""
+    from registry import plugins
+
+    monkeypatch.delenv(plugins.ENV_LOAD, raising=False)
+    monkeypatch.delenv(plugins.ENV_STRICT, raising=False)
+    plugins.reset_registry()
+    try:
+        yield plugins.get_registry()
+    finally:
+        plugins.reset_registry()
+
+
+@pytest.fixture(scope="session")
+def embedded_model():
+    """The embedded SmolLM2-135M-Instruct (converted once into the cache), shared read-only."""
+    from registry.models import load_model
+
+    return load_model()
