@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Union
 
+from .compose import ComposedEdit, compose
 from .editor import KINDS, Editor, EditRequest, normalise_requests
 from .edits import Edit, ParameterEdit, SavedEdit, load_edit
 from .errors import (
@@ -29,9 +30,9 @@ from .plugins import get_editor, get_registry, list_editors, load_editors, shipp
 __version__ = "0.1.0"
 
 __all__ = [
-    "KINDS", "DetoxError", "Edit", "EditError", "EditRequest", "Editor", "EditorNotFoundError",
+    "KINDS", "ComposedEdit", "DetoxError", "Edit", "EditError", "EditRequest", "Editor", "EditorNotFoundError",
     "HyperParams", "HyperParamsError", "ManifestError", "ModelLoadError", "ParameterEdit",
-    "PluginError", "SavedEdit", "from_hparams", "get_editor", "get_registry", "hookimpl",
+    "PluginError", "SavedEdit", "compose", "from_hparams", "get_editor", "get_registry", "hookimpl",
     "list_editors", "load_edit", "load_editors", "load_model", "model_fingerprint",
     "normalise_requests", "shipped_hparams",
 ]

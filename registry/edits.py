@@ -237,6 +237,8 @@ class SavedEdit:
         from .fingerprint import model_fingerprint
         from .plugins import get_registry
 
+        if self.payload == "composed":
+            return self._apply_steps(model, tokenizer, force=force)
         registry = get_registry()
         try:
             editor_class = registry.get_editor(self.editor)
@@ -263,6 +265,25 @@ class SavedEdit:
                     f"(--force) to apply anyway"
                 )
         return editor_class.apply_saved(model, self, tokenizer=tokenizer)
+
+    def _apply_steps(self, model: Any, tokenizer: Any, *, force: bool) -> Edit:
+        """Replay a composed edit step by step; a failing step undoes the ones before it."""
+        from .compose import ComposedEdit
+
+        steps = self.manifest.get("steps")
+        if not isinstance(steps, list) or not steps or not all(isinstance(s, str) for s in steps):
+            raise ManifestError(f"{self.path}: a composed edit needs a non-empty 'steps' list of folder names")
+        applied: list[Edit] = []
+        try:
+            for name in steps:
+                if "/" in name or "\\" in name or name.startswith("."):
+                    raise ManifestError(f"{self.path}: step folder {name!r} is not a plain folder name")
+                applied.append(load_edit(self.path / name).apply(model, tokenizer, force=force))
+        except BaseException:
+            for step in reversed(applied):
+                step.revert()
+            raise
+        return ComposedEdit(model, applied, metadata=self.metadata_for_apply())
 
 
 def _versions_compatible(saved: str, installed: str) -> bool:
