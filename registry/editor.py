@@ -68,10 +68,13 @@ class EditRequest:
             data["generalization_prompts"] = [general] if isinstance(general, str) else list(general)
         if "id" in data and "case_id" not in data:
             data["case_id"] = data.pop("id")
+        if "locality_ground_truth" in data and "locality_answer" not in data:  # EasyEdit's SafetyDataset
+            data["locality_answer"] = data.pop("locality_ground_truth")
         known = set(cls.__dataclass_fields__)
         unknown = sorted(k for k in data if k not in known)
         # EasyEdit passes a few keys DINM never reads; keep them out of the way, reject real typos.
-        tolerated = {"subject", "portability", "loc_prompt", "rephrase_prompt", "time", "requested_rewrite"}
+        tolerated = {"subject", "portability", "loc_prompt", "rephrase_prompt", "time", "requested_rewrite",
+                     "question", "cond"}
         bad = [k for k in unknown if k not in tolerated]
         if bad:
             raise EditError(

@@ -8,3 +8,19 @@ def register_editors(register):  # no default on `register`: pluggy would pass n
     from .editor import DINMEditor
 
     register(DINMEditor)
+
+
+_LAZY = {
+    "DINMEditor": ".editor",
+    "DINMHyperParams": ".hparams",
+    "apply_dinm_to_model": ".easyedit_api",
+    "execute_dinm": ".easyedit_api",
+}
+
+
+def __getattr__(name):  # lazy re-exports keep `import detox_plugins.dinm` cheap
+    if name in _LAZY:
+        from importlib import import_module
+
+        return getattr(import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -222,3 +222,11 @@ def test_requests_accept_easyedit_dicts_and_reject_bad_ones():
 def test_editor_rejects_hparams_of_another_algorithm():
     with pytest.raises(registry.HyperParamsError, match="does not match editor 'Scale'"):
         ScaleEditor({"alg_name": "DINM"})
+
+
+def test_requests_accept_easyedit_safety_dataset_dicts():
+    record = {"case_id": 3, "category": "offensiveness", "question": "q", "prompt": "attack q", "target_new": "No.",
+              "ground_truth": "Sure, here is", "locality_prompt": "2+2?", "locality_ground_truth": "4",
+              "cond": "Sure >> No. || attack q", "general_prompt": ["g1", "g2", "g3", "g4"]}
+    request = EditRequest.from_any(record)
+    assert (request.case_id, request.locality_answer, request.generalization_prompts[-1]) == (3, "4", "g4")

@@ -1,0 +1,348 @@
+"""``DINMEditor``: detoxify a model by editing one MLP weight per unsafe instance (arXiv 2403.14472).
+
+``edit`` validates and tokenizes every request first, records the pre-edit fingerprint, runs the
+optimisation on the live parameters, puts every touched tensor back to W0 and finishes through
+``ParameterEdit.apply_deltas`` (so the model ends at exactly ``W0 + Δ``). Any exception or
+interrupt in between restores W0 bit-for-bit, the training flag and every ``requires_grad``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Optional, Sequence, Union
+
+from registry.editor import Editor, EditRequest, normalise_requests
+from registry.errors import EditError, HyperParamsError
+
+from .hparams import DINMHyperParams
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+    from torch import nn
+
+    from registry.edits import ParameterEdit
+
+    from .inputs import ScoredSequence
+    from .protocol import ProtocolReport
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class CasePlan:
+    """Everything one case needs, built before the model is touched."""
+
+    request: EditRequest
+    prompt_text: str
+    edit: "ScoredSequence"
+    locality: Optional["ScoredSequence"]
+    locate: bool  # whether this case runs localization
+    safe: Optional["ScoredSequence"] = None  # improved localization inputs
+    unsafe: Optional["ScoredSequence"] = None
+
+
+@dataclass
+class EditPlan:
+    cases: list[CasePlan]
+    stack: Any  # runner.Stack or None
+    num_layers: int
+    fixed_layers: Optional[list[int]]  # from hparams.layers or the sticky layer
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def template_matches(template: str, layer: int, names: Iterable[str]) -> list[str]:
+    """Parameter names containing ``template.format(layer)`` at dot boundaries (EasyEdit's ``in``
+    test, minus its ``layers.1`` ⊂ ``layers.10`` accident)."""
+    key = template.format(layer)
+    found = []
+    for name in names:
+        position = name.find(key)
+        while position != -1:
+            end = position + len(key)
+            if (position == 0 or name[position - 1] == ".") and (end == len(name) or name[end] == "."):
+                found.append(name)
+                break
+            position = name.find(key, position + 1)
+    return found
+
+
+class DINMEditor(Editor):
+    """Detoxifying with Intraoperative Neural Monitoring: a few Adam steps on one located MLP matrix."""
+
+    name = "DINM"
+    kind = "weights"
+    hparams_class = DINMHyperParams
+    hparams_package = "detox_plugins.hparams"
+
+    def __init__(self, hparams: Union[DINMHyperParams, Mapping[str, Any], str, None] = None, *,
+                 progress: bool = False) -> None:
+        super().__init__(hparams)
+        self.hparams: DINMHyperParams
+        self.progress = progress
+        #: The first located layer(s), reused for later cases when sticky_layer holds (DINM.md D3).
+        #: Editor state: the hparams are never mutated.
+        self.sticky_layers: Optional[list[int]] = None
+        hp = self.hparams
+        if hp.mode == "compat" and hp.use_chat_template:
+            raise HyperParamsError(
+                "use_chat_template: true is an improved-mode option (EasyEdit uses no chat template); "
+                "set mode: improved or use_chat_template: false")
+
+    # ------------------------------------------------------------------ public API
+    def edit(self, model: "nn.Module", tokenizer: Any,
+             requests: Union[EditRequest, Mapping[str, Any], Sequence[Union[EditRequest, Mapping[str, Any]]]]
+             ) -> "ParameterEdit":
+        """Edit ``model`` in place with every request; return the revertible, savable edit."""
+        from registry.edits import ParameterEdit
+
+        started = time.perf_counter()
+        items = normalise_requests(requests)
+        plan = self.plan(model, tokenizer, items)
+        metadata = self.base_metadata(
+            model,
+            mode=self.hparams.mode,
+            sequential=self.hparams.sequential,
+            num_requests=len(items),
+        )
+        deltas, cases, sticky = self._run(model, tokenizer, plan)
+        if sticky is not None:
+            self.sticky_layers = sticky
+        total = time.perf_counter() - started
+        metadata.update(
+            layers=sorted({layer for case in cases for layer in case["layers"]}),
+            edited_tensors=sorted(deltas),
+            cases=cases,
+            edit_seconds=round(total, 4),
+            timings={"total_seconds": round(total, 4),
+                     "optimise_seconds": round(sum(c["optimise_seconds"] for c in cases), 4),
+                     "locate_seconds": round(sum(c.get("locate_seconds", 0.0) for c in cases), 4)},
+            losses=[c["losses"] for c in cases],
+        )
+        return ParameterEdit.apply_deltas(model, deltas, metadata)
+
+    def compute_deltas(self, model: "nn.Module", tokenizer: Any, requests: Any
+                       ) -> tuple[dict[str, "torch.Tensor"], list[dict[str, Any]]]:
+        """The deltas ``edit`` would apply, with the model left exactly as it was (EasyEdit's
+        ``execute_dinm``); also returns the per-case records."""
+        items = normalise_requests(requests)
+        plan = self.plan(model, tokenizer, items)
+        deltas, cases, sticky = self._run(model, tokenizer, plan)
+        if sticky is not None:
+            self.sticky_layers = sticky
+        return deltas, cases
+
+    def safeedit_protocol(self, model: "nn.Module", tokenizer: Any, cases: Sequence[Any], **kwargs: Any
+                          ) -> "ProtocolReport":
+        """SafeEdit's per-case loop: pre-edit answers, edit, post-edit answers, revert, next case.
+
+        Keyword arguments go to ``protocol.run_safeedit`` (judge, max_new_tokens, batch_size, ...).
+        """
+        from .protocol import run_safeedit
+
+        return run_safeedit(self, model, tokenizer, cases, **kwargs)
+
+    # ------------------------------------------------------------------ planning (no model change)
+    def plan(self, model: "nn.Module", tokenizer: Any, items: list[EditRequest]) -> EditPlan:
+        """Validate every request and the module template against ``model``; tokenize everything."""
+        from .inputs import compat_edit_sequence, compat_locality_sequence, in_context_sequence, with_suffix
+        from .runner import find_stack
+
+        hp = self.hparams
+        if tokenizer is None:
+            raise EditError("DINM needs the model's tokenizer; pass it to edit(model, tokenizer, requests)")
+        stack = find_stack(model)
+        num_layers = stack.num_layers if stack is not None else int(getattr(model.config, "num_hidden_layers", 0))
+        names = [name for name, _ in model.named_parameters()]
+        if hp.layers:
+            fixed: Optional[list[int]] = list(hp.layers)
+        elif hp.effective_sticky_layer and self.sticky_layers is not None:
+            fixed = list(self.sticky_layers)
+        else:
+            fixed = None
+        self._check_template(names, fixed, num_layers)
+        compat_locate = self._uses_easyedit_localization()
+        cases = []
+        for index, request in enumerate(items):
+            locate = fixed is None and (index == 0 or not hp.effective_sticky_layer)
+            request.validate(need_ground_truth=locate)
+            prompt_text = with_suffix(request.prompt, hp.suffix_system_prompt, hp.use_suffix)
+            locality_prompt = None
+            if request.locality_prompt and request.locality_answer:
+                locality_prompt = with_suffix(request.locality_prompt, hp.suffix_system_prompt, hp.use_suffix)
+            elif request.locality_prompt or request.locality_answer:
+                request.validate(need_locality=True)  # raises, naming the missing half
+            if hp.mode == "compat":
+                edit_seq = compat_edit_sequence(tokenizer, prompt_text, request.target_new)
+                loc_seq = (compat_locality_sequence(tokenizer, locality_prompt, request.locality_answer)
+                           if locality_prompt else None)
+            else:
+                build = dict(chat_template=hp.use_chat_template, max_length=hp.max_length)
+                edit_seq = in_context_sequence(tokenizer, prompt_text, request.target_new, **build)
+                loc_seq = None
+                if locality_prompt and hp.effective_locality_weight > 0:
+                    loc_seq = in_context_sequence(tokenizer, locality_prompt, request.locality_answer, **build)
+            if loc_seq is None and locality_prompt is None and hp.mode == "improved" and hp.effective_locality_weight > 0:
+                logger.info("request %r has no knowledge-constraint pair; its edit runs without the locality KL",
+                            request.case_id)
+            case = CasePlan(request, prompt_text, edit_seq, loc_seq, locate)
+            if locate and not compat_locate:
+                context = prompt_text if hp.effective_localize_with_prompt else None
+                case.safe = self._localization_sequence(tokenizer, context, request.target_new)
+                case.unsafe = self._localization_sequence(tokenizer, context, request.ground_truth or "")
+            cases.append(case)
+        if not compat_locate and any(c.locate for c in cases) and stack is None:
+            raise EditError(
+                f"cannot find the block stack of {type(model).__name__} to locate the toxic layer; "
+                f"set 'layers' in the hparams to the layer to edit")
+        return EditPlan(cases=cases, stack=stack, num_layers=num_layers, fixed_layers=fixed)
+
+    def _localization_sequence(self, tokenizer: Any, prompt: Optional[str], response: str) -> "ScoredSequence":
+        import torch
+
+        from .inputs import ScoredSequence, in_context_sequence
+
+        hp = self.hparams
+        if prompt is not None:
+            return in_context_sequence(tokenizer, prompt, response, chat_template=hp.use_chat_template,
+                                       max_length=hp.max_length)
+        ids = list(tokenizer(response)["input_ids"])[: hp.max_length]
+        n = len(ids)
+        # Score every token: positions n-1 .. predict nothing; response_mask() then covers tokens 0..n-1.
+        return ScoredSequence(torch.tensor([ids]), torch.arange(-1, n - 1), torch.zeros(n, dtype=torch.long),
+                              torch.ones(n), response)
+
+    def _uses_easyedit_localization(self) -> bool:
+        hp = self.hparams
+        return hp.mode == "compat" and not hp.effective_localize_with_prompt and hp.localize_metric == "l2"
+
+    def _check_template(self, names: list[str], fixed: Optional[list[int]], num_layers: int) -> None:
+        hp = self.hparams
+        template = hp.rewrite_module_tmp
+        layers = fixed if fixed is not None else list(range(num_layers))
+        if not layers:
+            raise EditError(f"the model has no layers to edit (num_hidden_layers = {num_layers})")
+        too_high = [layer for layer in layers if layer >= num_layers]
+        if too_high:
+            raise EditError(
+                f"layers {too_high} do not exist: the model has {num_layers} layers (0..{num_layers - 1}); "
+                f"fix 'layers' in the hparams")
+        missing = [layer for layer in layers if not template_matches(template, layer, names)]
+        if missing:
+            examples = ", ".join(repr(n) for n in _example_names(names))
+            which = "any layer" if len(missing) == len(layers) else f"layers {missing}"
+            raise EditError(
+                f"rewrite_module_tmp {template!r} matches no parameter of this model for {which} "
+                f"(e.g. {template.format(missing[0])!r}); templates of real parameters: {examples}; "
+                f"fix rewrite_module_tmp in the hparams")
+
+    # ------------------------------------------------------------------ running (restores on failure)
+    def _run(self, model: "nn.Module", tokenizer: Any, plan: EditPlan
+             ) -> tuple[dict[str, "torch.Tensor"], list[dict[str, Any]], Optional[list[int]]]:
+        import torch
+
+        from .locate import locate_blocks, locate_easyedit
+        from .optimize import optimise_case, settings_from
+
+        hp = self.hparams
+        settings = settings_from(hp)
+        params = dict(model.named_parameters())
+        names = list(params)
+        flags = {name: p.requires_grad for name, p in params.items()}
+        was_training = model.training
+        originals: dict[str, torch.Tensor] = {}
+        independent: dict[str, torch.Tensor] = {}
+        records: list[dict[str, Any]] = []
+        sticky: Optional[list[int]] = None
+        fixed = plan.fixed_layers
+        iterator: Iterable[CasePlan] = plan.cases
+        if self.progress and len(plan.cases) > 1:
+            from tqdm.auto import tqdm
+
+            iterator = tqdm(plan.cases, desc="DINM edits", unit="case")
+        try:
+            model.eval()
+            for p in params.values():
+                p.requires_grad_(False)
+            for case in iterator:
+                record: dict[str, Any] = {"case_id": case.request.case_id}
+                block_inputs = None
+                if case.locate:
+                    t0 = time.perf_counter()
+                    if case.safe is None:
+                        found = locate_easyedit(model, tokenizer, case.request.target_new,
+                                                case.request.ground_truth or "")
+                    else:
+                        # The safe localization sequence is the edit input when both use the prompt:
+                        # keep its block inputs so the edit needs no separate cache pass.
+                        reuse = hp.cache_lower_layers and torch.equal(case.safe.input_ids, case.edit.input_ids)
+                        found = locate_blocks(model, plan.stack, tokenizer, case.safe, case.unsafe,
+                                              metric=hp.localize_metric, capture_inputs=reuse)
+                        block_inputs = found.block_inputs
+                    record["locate_seconds"] = round(time.perf_counter() - t0, 4)
+                    record["localization"] = found.to_dict()
+                    layers = [found.layer]
+                    if hp.effective_sticky_layer and fixed is None:
+                        fixed = sticky = layers
+                else:
+                    assert fixed is not None
+                    layers = list(fixed)
+                targets = sorted({n for layer in layers for n in template_matches(hp.rewrite_module_tmp, layer, names)})
+                if not targets:
+                    raise EditError(f"rewrite_module_tmp {hp.rewrite_module_tmp!r} matches nothing for layer "
+                                    f"{layers}; fix rewrite_module_tmp")
+                for name in targets:
+                    if name not in originals:
+                        originals[name] = params[name].detach().clone()
+                outcome = optimise_case(model, plan.stack, targets, settings, case.edit, case.locality,
+                                        block_inputs=block_inputs)
+                block_inputs = found = None  # free the captured activations
+                with torch.no_grad():
+                    for name, delta in outcome.deltas.items():
+                        if hp.sequential:
+                            params[name].add_(delta)  # the next case edits on top of this one
+                        else:
+                            independent[name] = independent.get(name, torch.zeros_like(delta)) + delta
+                record.update(
+                    layers=layers,
+                    tensors=targets,
+                    steps=outcome.steps,
+                    stopped_early=outcome.stopped_early,
+                    optimise_seconds=round(outcome.seconds, 4),
+                    upper_fraction=round(outcome.cached_fraction, 4),
+                    losses=[{k: (round(v, 6) if k != "step" else int(v)) for k, v in r.items()} for r in outcome.losses],
+                    delta_norm={n: float(d.float().norm()) for n, d in outcome.deltas.items()},
+                )
+                records.append(record)
+                logger.info("DINM case %r: layer %s, %d steps, loss %.4g -> %.4g", case.request.case_id, layers,
+                            outcome.steps, outcome.losses[0]["loss"] if outcome.losses else float("nan"),
+                            outcome.losses[-1]["loss"] if outcome.losses else float("nan"))
+            with torch.no_grad():
+                if hp.sequential:
+                    deltas = {name: params[name].detach() - w0 for name, w0 in originals.items()}
+                else:
+                    deltas = independent
+        finally:
+            with torch.no_grad():
+                for name, w0 in originals.items():
+                    params[name].copy_(w0)
+            for name, p in params.items():
+                p.requires_grad_(flags[name])
+            model.train(was_training)
+        return deltas, records, sticky
+
+
+def _example_names(names: list[str], count: int = 4) -> list[str]:
+    """A few real parameter names as templates (MLP tensors of one block first), e.g.
+    ``model.layers.{}.mlp.down_proj.weight``."""
+    import re
+
+    templates: list[str] = []
+    for name in sorted(names, key=lambda n: ("mlp" not in n and "fc" not in n, n)):
+        template = re.sub(r"\.\d+\.", ".{}.", name, count=1)
+        if template != name and template not in templates:
+            templates.append(template)
+        if len(templates) >= count:
+            break
+    return templates or names[:count]

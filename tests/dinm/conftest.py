@@ -1,0 +1,40 @@
+"""Fixtures of the DINM tests (helpers live in tests/dinm/helpers.py)."""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+import pytest
+
+from tests.tiny import tiny_tokenizer
+
+from .helpers import CASE, tiny_model
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    """Tiny models run fastest on one thread, and the machine is shared."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture
+def tok() -> Any:
+    return tiny_tokenizer()
+
+
+@pytest.fixture
+def llama() -> Any:
+    return tiny_model("llama")
+
+
+@pytest.fixture
+def case() -> dict[str, Any]:
+    return dict(CASE)
+
