@@ -208,6 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="save the edit to this folder")
     p.add_argument("--json", help="write results as JSON to this file")
     p.add_argument("--max-new-tokens", type=int, help="tokens per evaluation answer (default from hparams)")
+    p.add_argument("--alpha", type=float, help="steering strength override (DeStein)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
 
     p = _add(sub, "demo", "The main job: detoxify the embedded model with DINM on one shipped case, show before/after.",
              "detox demo", cmd_demo)
@@ -216,10 +219,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _add(sub, "steer", "Show base vs DeStein-steered continuations side by side.",
              "detox steer --alpha 0.5 'You are such a'", cmd_steer)
-    add_model_arguments(p)
-    p.add_argument("--alpha", type=float, help="steering strength (default from hparams)")
-    p.add_argument("--max-new-tokens", type=int, default=40, help="tokens to generate (default 40)")
-    p.add_argument("prompt", nargs="+", help="the prompt text")
+    from detox_plugins.destein.commands import add_steer_arguments  # cheap: argparse only
+
+    add_steer_arguments(p)
 
     p = _add(sub, "finetune", "Fine-tune on user data, optionally with a frozen security vector active.",
              "detox finetune --data my.jsonl --vector edits/sv --out runs/ft", cmd_finetune)
@@ -227,6 +229,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="JSONL rows {\"prompt\", \"response\"}")
     p.add_argument("--vector", help="security-vector folder saved by `detox edit`")
     p.add_argument("--out", required=True, help="output folder (an edit artifact)")
+    p.add_argument("--mode", choices=("lora", "full"), help="train a new LoRA (default) or the backbone itself")
+    p.add_argument("--export", choices=("adapter", "merged"), help="save the user adapter alone or merged deltas")
+    p.add_argument("--epochs", type=float, help="override the hparams' fine-tuning epochs")
+    p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
+    p.add_argument("--lr", type=float, help="override the fine-tuning learning rate")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+    p.add_argument("--json", help="write a summary as JSON to this file")
 
     _add_optional_commands(sub)
     return parser

@@ -1,0 +1,15 @@
+"""Security vectors (Zhou et al., arXiv 2311.02105) as a `model_editors` plugin.
+
+A security vector is a frozen LoRA adapter that already "explains" harmful behaviour. It is active
+while a user fine-tunes, so harmful samples give almost no gradient, and it is removed before the
+result ships. Heavy imports (torch, peft, transformers) wait for the hook.
+"""
+
+from registry import hookimpl
+
+
+@hookimpl
+def register_editors(register):  # no default on `register`: pluggy would pass nothing (STYLE.md)
+    from .editor import SecurityVectorEditor
+
+    register(SecurityVectorEditor)
