@@ -12,6 +12,20 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread() -> Iterator[None]:
+    """One torch thread per test: tiny models run fastest so, and on a 2-core machine shared with
+    other processes multi-threaded runs of the embedded model were 3-6x slower (measured)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def editor_registry(monkeypatch: pytest.MonkeyPatch) -> Iterator["object"]:
     """A fresh registry with entry-point autoloading off; tests register plugins in-process."""

@@ -47,18 +47,6 @@ def tiny_gpt2_model(seed: int = 0) -> Any:
     return model
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Tiny models run fastest on one thread (and do not fight the other test processes)."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="session")
 def tok() -> Any:

@@ -11,18 +11,6 @@ from tests.tiny import tiny_tokenizer
 from .helpers import CASE, tiny_model
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Tiny models run fastest on one thread, and the machine is shared."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
 
 @pytest.fixture
 def tok() -> Any:

@@ -28,12 +28,6 @@ def one_thread() -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    with one_thread():
-        yield
-
-
 @pytest.fixture(scope="session")
 def tokenizer() -> Any:
     return tiny_tokenizer()
