@@ -29,8 +29,14 @@ def parse_config(spec: str) -> dict[str, Any]:
     weight, layers (``a-b`` inclusive range or ``a,b,c``)."""
     if spec == "base":
         return {"name": "base"}
-    head, *extras = spec.split("+")
-    head, _, apply = head.partition("@")
+    apply = ""
+    if "@" in spec:  # @APPLY may come before or after the +key=value parts
+        before, _, after = spec.partition("@")
+        apply, plus, rest = after.partition("+")
+        spec_core = before + (plus + rest if plus else "")
+    else:
+        spec_core = spec
+    head, *extras = spec_core.split("+")
     fusion, _, alpha = head.partition(":")
     if fusion not in ("rotate", "additive"):
         raise SystemExit(f"bad config {spec!r}: use base or FUSION:ALPHA[@APPLY][+key=value], "

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 STAGES = ("base", "sv", "ft", "ft-sv", "align", "aligned", "sv-aligned", "ft-aligned", "ft-sv-aligned",
-          "mix", "mix-sv")
+          "mix", "mix-sv", "over-refusal")
 HPARAMS = "hparams/SecurityVectors/smollm2-135m.yaml"
 logger = logging.getLogger("sv_protocol")
 
@@ -149,7 +149,21 @@ class Protocol:
                                                                                     self.eval_harmful)),
             "mix": lambda: self.fine_tune(mix, None, self.both),
             "mix-sv": lambda: self.fine_tune(mix, "sv_base", self.both),
+            "over-refusal": self.over_refusal,
         }[stage]()
+
+    def over_refusal(self) -> dict[str, Any]:
+        """Refusal rate on the project's benign questions, base vs aligned (EVALUATION.md §5.1)."""
+        from detox_plugins.evaluation.datasets import load_dataset
+        from detox_plugins.evaluation.judges import is_refusal
+
+        prompts = [r["prompt"] for r in load_dataset("benign")]
+
+        def rate() -> dict[str, Any]:
+            responses = self.generate(prompts, self.args.max_new_tokens)
+            return {"n": len(responses), "refusal": sum(is_refusal(r) for r in responses) / len(responses)}
+
+        return {"base": rate(), "aligned": self.with_edits(["align"], rate)}
 
     def align(self) -> dict[str, Any]:
         """Safety fine-tune: refusals on sv_refusal.jsonl plus benign answers, merged into the weights."""
@@ -227,7 +241,7 @@ def main() -> int:
     parser.add_argument("--task-limit", type=int, default=60, help="benign-task test items evaluated")
     parser.add_argument("--max-new-tokens", type=int, default=16, help="tokens generated per harmful prompt")
     parser.add_argument("--batch-size", type=int, default=20, help="generation batch size")
-    parser.add_argument("--align-epochs", type=float, default=2.0, help="epochs of the safety fine-tune")
+    parser.add_argument("--align-epochs", type=float, default=3.0, help="epochs of the safety fine-tune")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on shared cores)")
     parser.add_argument("--redo", action="store_true", help="rerun stages that already have results")
     args = parser.parse_args()
