@@ -107,6 +107,8 @@ def run_edit(args: Any) -> int:
         hp = _overrides(load_hparams(_arg(args, "hparams")), args)
         editor = DeSteinEditor(hp)
         pairs, _ = editor.resolve_pairs(None)  # fail on a bad pair file before loading the model
+        if not _arg(args, "out"):
+            raise DetoxError("DeStein's `detox edit` saves the vectors: pass --out DIR")
         out = Path(args.out)
         if out.exists() and not _arg(args, "overwrite"):
             raise DetoxError(f"{out} already exists; choose a new folder or pass --overwrite")
