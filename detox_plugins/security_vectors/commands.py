@@ -7,8 +7,8 @@
 
 Both read optional attributes with ``getattr`` so the parser may add them later:
 ``--overwrite``, ``--mode lora|full``, ``--export adapter|merged``, ``--epochs``, ``--max-steps``,
-``--lr``, ``--json FILE``, ``--force``, ``--dtype``, ``--device``; ``run_edit`` also reads ``--limit``
-(at most N harmful rows).
+``--lr``, ``--json FILE``, ``--force``, ``--dtype``, ``--device``, ``--quiet`` (no progress bars);
+``run_edit`` also reads ``--limit`` (at most N harmful rows).
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ def _hparams(args: argparse.Namespace) -> Any:
 
     hp = SecurityVectorHyperParams.from_hparams(getattr(args, "hparams", None) or DEFAULT_HPARAMS)
     return hp.for_cli(
+        progress=False if getattr(args, "quiet", False) else None,
         ft_epochs=getattr(args, "epochs", None),
         ft_max_steps=getattr(args, "max_steps", None),
         ft_lr=getattr(args, "lr", None),

@@ -17,7 +17,8 @@ ATTACK_TASKS = TASKS[9:]  # the "user's" harmful fine-tune (other tasks)
 
 @contextlib.contextmanager
 def one_thread() -> Iterator[None]:
-    """Tiny models run fastest single-threaded (and do not fight over shared CPUs)."""
+    """Tiny models run fastest single-threaded. Tests get this from tests/conftest.py's autouse
+    fixture; session fixtures are set up before it, so ``trained_vector`` uses this directly."""
     import torch
 
     threads = torch.get_num_threads()
