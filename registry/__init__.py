@@ -26,6 +26,7 @@ from .hookspecs import hookimpl
 from .hparams import HyperParams, peek_alg_name, resolve_hparams_path
 from .models import load_model
 from .plugins import get_editor, get_registry, list_editors, load_editors, shipped_hparams
+from . import easyedit  # noqa: E402  (the EasyEdit bridge; imports no torch)
 
 __version__ = "0.1.0"
 
@@ -35,6 +36,7 @@ __all__ = [
     "PluginError", "SavedEdit", "compose", "from_hparams", "get_editor", "get_registry", "hookimpl",
     "list_editors", "load_edit", "load_editors", "load_model", "model_fingerprint",
     "normalise_requests", "shipped_hparams",
+    "easyedit",
 ]
 
 

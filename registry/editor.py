@@ -150,6 +150,9 @@ class Editor(abc.ABC):
     aliases: ClassVar[tuple[str, ...]] = ()
     #: Dotted package holding shipped YAML as ``<ALG>/<model>.yaml`` (found by `--hparams ALG/model`).
     hparams_package: ClassVar[Optional[str]] = None
+    #: Hparams fields the EasyEdit bridge (``registry.easyedit``) sets because EasyEdit's host already
+    #: did that part before calling ``apply_<alg>_to_model`` (DINM: ``{"use_suffix": False}``).
+    easyedit_overrides: ClassVar[Mapping[str, Any]] = {}
 
     def __init__(self, hparams: Union[HyperParams, Mapping[str, Any], str, Path, None] = None) -> None:
         self.hparams = self.coerce_hparams(hparams)

@@ -59,6 +59,14 @@ class Edit(abc.ABC):
         """Write files other than tensors (e.g. a peft adapter); return their relative names."""
         return []
 
+    def original_tensors(self) -> dict[str, "torch.Tensor"]:
+        """Pre-edit values of the model's existing tensors this edit changed in place, by name.
+
+        ``{}`` for edits that change no existing tensor (hooks, adapters, new tensors). Edits that
+        write into existing parameters or buffers override this (EasyEdit's ``weights_copy``).
+        """
+        return {}
+
     # ------------------------------------------------------------------ behaviour
     def revert(self) -> None:
         if not self.applied:
@@ -206,6 +214,9 @@ class ParameterEdit(Edit):
 
     def tensors(self) -> dict[str, "torch.Tensor"]:
         return dict(self.deltas)
+
+    def original_tensors(self) -> dict[str, "torch.Tensor"]:
+        return dict(self.originals)
 
 
 # ---------------------------------------------------------------------- saved edits

@@ -246,6 +246,12 @@ class BiasFoldEdit(DeSteinEdit):
             fold.restore()
         self.folds = []
 
+    def original_tensors(self) -> dict[str, Any]:
+        """The original biases this fold overwrote (layers whose o_proj had no bias add one: absent)."""
+        names = {id(module): name for name, module in self.model.named_modules()}
+        return {f"{names[id(fold.module)]}.bias": fold.original for fold in self.folds
+                if fold.had_bias and id(fold.module) in names}
+
     @property
     def alpha(self) -> float:
         return self._alpha

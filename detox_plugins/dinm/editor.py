@@ -75,6 +75,9 @@ class DINMEditor(Editor):
     kind = "weights"
     hparams_class = DINMHyperParams
     hparams_package = "detox_plugins.hparams"
+    #: EasyEdit's SafetyEditor appends suffix_system_prompt to the prompts before calling
+    #: apply_dinm_to_model, so the EasyEdit bridge uses the prompts as given (DINM.md §8).
+    easyedit_overrides = {"use_suffix": False}
 
     def __init__(self, hparams: Union[DINMHyperParams, Mapping[str, Any], str, None] = None, *,
                  progress: bool = False) -> None:
