@@ -88,11 +88,11 @@ def cmd_hparams_show(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------- generate
-def load_model_for(args: argparse.Namespace) -> tuple[Any, Any, list[Any]]:
-    """Model and tokenizer from --model/--hparams, with every --edit DIR applied in order."""
+def load_model_for(args: argparse.Namespace, default: Any = None) -> tuple[Any, Any, list[Any]]:
+    """Model and tokenizer from --model/--hparams (else ``default``), with every --edit DIR applied in order."""
     from registry.models import load_model
 
-    spec: Any = args.model
+    spec: Any = args.model if args.model is not None else default
     hparams_name = getattr(args, "hparams", None)
     if spec is None and hparams_name:
         from registry import from_hparams
@@ -147,8 +147,125 @@ def _editor_command(alg_name: str, function: str) -> Callable[[argparse.Namespac
 def cmd_edit(args: argparse.Namespace) -> int:
     from registry import peek_alg_name, resolve_hparams_path
 
+    if getattr(args, "pipeline", None):
+        if args.hparams:
+            raise DetoxError("pass either --hparams (one editor) or --pipeline (several in order), not both")
+        return cmd_edit_pipeline(args)
+    if not args.hparams:
+        raise DetoxError("pass --hparams ALG/model (one editor, e.g. DINM/smollm2-135m) or --pipeline FILE "
+                         "(several editors in order, e.g. detox-all)")
     alg = peek_alg_name(resolve_hparams_path(args.hparams))
     return _editor_command(alg, "run_edit")(args)
+
+
+# ---------------------------------------------------------------------- pipelines and saved edits
+def _changes(footprint: Optional[dict[str, Any]]) -> str:
+    """One line saying what an edit changes, from its footprint."""
+    if footprint is None:
+        return "(this editor does not say what it changes)"
+    parts = []
+    for key, word in (("writes", "tensor"), ("hooks", "hooked module"), ("wraps", "adapter-wrapped module")):
+        names = footprint.get(key) or []
+        if names:
+            shown = ", ".join(names[:3]) + (f" (+{len(names) - 3} more)" if len(names) > 3 else "")
+            parts.append(f"{len(names)} {word}{'s' if len(names) != 1 else ''}: {shown}")
+    return "; ".join(parts) or "nothing"
+
+
+def _print_steps(rows: Sequence[dict[str, Any]], labels: Sequence[str] = (), seconds: Sequence[Any] = ()) -> None:
+    for i, row in enumerate(rows):
+        label = labels[i] if i < len(labels) else f"step {row['step']} ({row['editor']})"
+        took = f" [{seconds[i]:.1f} s]" if i < len(seconds) and isinstance(seconds[i], (int, float)) else ""
+        print(f"  {row['step']}. {label}: {row['editor']} {row['payload']}{took}")
+        print(f"     changes {_changes(row['footprint'])}")
+
+
+def _write_json(path: Optional[str], data: dict[str, Any]) -> None:
+    if path:
+        from pathlib import Path
+
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(data, indent=2, sort_keys=True, default=str), encoding="utf-8")
+        print(f"wrote {path}")
+
+
+def cmd_edit_pipeline(args: argparse.Namespace) -> int:
+    """``detox edit --pipeline FILE``: run every step on one model; save the composed edit to --out."""
+    from pathlib import Path
+
+    from registry.compose import describe_edit
+    from registry.fingerprint import model_fingerprint
+    from registry.models import load_model
+    from registry.pipeline import load_pipeline, run_pipeline
+
+    pipeline = load_pipeline(args.pipeline)  # every step's hparams and inputs are validated here
+    out = getattr(args, "out", None)
+    if out and Path(out).exists() and not getattr(args, "overwrite", False):
+        raise DetoxError(f"{out} already exists; choose a new folder or pass --overwrite")
+    model, tokenizer, _ = load_model_for(args, default=pipeline.model_spec())
+    before = model_fingerprint(model)
+    print(f"pipeline {pipeline.name} ({len(pipeline.steps)} steps) from {pipeline.source}")
+    composed = run_pipeline(pipeline, model, tokenizer)
+    rows = describe_edit(composed)
+    _print_steps(rows, composed.metadata.get("step_labels", []), composed.metadata.get("step_seconds", []))
+    summary: dict[str, Any] = {"pipeline": pipeline.record(), "steps": rows, "fingerprint_before": before,
+                               "fingerprint_after": model_fingerprint(model), "out": out}
+    if out:
+        path = composed.save(out, overwrite=bool(getattr(args, "overwrite", False)))
+        print(f"saved the composed edit to {path} (manifest.json lists {len(composed.steps)} steps)")
+        print(f"  apply it: detox apply {path}    evaluate it: detox eval --edit {path} --dataset ... --judge ...")
+    else:
+        print("not saved: pass --out DIR to keep the composed edit")
+    composed.revert()
+    _write_json(getattr(args, "json", None), summary)
+    return 0
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    """``detox apply DIR``: apply a saved edit (composed or not), report what it changed, re-save it."""
+    from pathlib import Path
+
+    from registry.compose import describe_edit
+    from registry.edits import load_edit
+    from registry.fingerprint import model_fingerprint
+
+    saved = load_edit(args.directory)
+    out = getattr(args, "out", None)
+    if out and Path(out).exists() and not getattr(args, "overwrite", False):
+        raise DetoxError(f"{out} already exists; choose a new folder or pass --overwrite")
+    model, tokenizer, _ = load_model_for(args, default=_saved_model_name(saved))
+    before = model_fingerprint(model)
+    edit = saved.apply(model, tokenizer, force=bool(getattr(args, "force", False)))
+    after = model_fingerprint(model)
+    rows = describe_edit(edit)
+    kind = f"composed, {len(rows)} steps" if edit.payload == "composed" else edit.payload
+    print(f"applied {saved.path} ({saved.editor}, {kind})")
+    _print_steps(rows, edit.metadata.get("step_labels", []))
+    print(f"model fingerprint {before} -> {after}")
+    if out:
+        path = edit.save(out, overwrite=bool(getattr(args, "overwrite", False)))
+        print(f"re-saved the applied edit to {path}")
+    _write_json(getattr(args, "json", None), {"edit": str(saved.path), "editor": saved.editor, "steps": rows,
+                                              "fingerprint_before": before, "fingerprint_after": after,
+                                              "out": out})
+    edit.revert()
+    return 0
+
+
+def _saved_model_name(saved: Any) -> Optional[str]:
+    """The hparams' model_name recorded in a saved edit (its first step for a composed one)."""
+    from registry.edits import load_edit
+
+    manifest = saved.manifest
+    steps = manifest.get("steps")
+    if saved.payload == "composed" and isinstance(steps, list) and steps and isinstance(steps[0], str) \
+            and "/" not in steps[0] and not steps[0].startswith("."):
+        try:
+            return _saved_model_name(load_edit(saved.path / steps[0]))
+        except DetoxError:
+            return None
+    name = (manifest.get("hparams") or {}).get("model_name")
+    return name if isinstance(name, str) else None
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -197,9 +314,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-chat-template", action="store_true", help="feed the raw prompt")
     p.add_argument("prompt", nargs="+", help="the prompt text")
 
-    p = _add(sub, "edit", "Run an editor from a hyperparameter file (DINM on SafeEdit cases, DeStein vectors, a security vector).",
-             "detox edit --hparams DINM/smollm2-135m --cases safeedit-sample --case-id 1 --out edits/dinm1", cmd_edit)
-    add_model_arguments(p, hparams_required=True)
+    p = _add(sub, "edit", "Run an editor from a hyperparameter file (DINM on SafeEdit cases, DeStein vectors, a security vector), "
+             "or several editors in order from a pipeline file.",
+             "detox edit --hparams DINM/smollm2-135m --cases safeedit-sample --case-id 1 --out edits/dinm1\n"
+             "  detox edit --pipeline detox-all --out edits/detox-all   # DINM then DeStein, one composed edit", cmd_edit)
+    add_model_arguments(p)
+    p.add_argument("--pipeline", metavar="FILE",
+                   help="pipeline YAML (or shipped name: detox-all, sv-finetune-then-dinm): several editors in order")
     p.add_argument("--cases", help="SafeEdit-format JSON file or dataset name (DINM)")
     p.add_argument("--case-id", help="only the case with this id (DINM)")
     p.add_argument("--limit", type=int, help="at most this many cases")
@@ -236,6 +357,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, help="override the fine-tuning learning rate")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
     p.add_argument("--json", help="write a summary as JSON to this file")
+
+    p = _add(sub, "apply", "Apply a saved edit (composed or not) to a model, report what it changes, optionally re-save it.",
+             "detox apply edits/detox-all --model ./my-model --out edits/detox-all-copy", cmd_apply)
+    p.add_argument("directory", metavar="DIR", help="a folder written by `detox edit --out` or Edit.save")
+    add_model_arguments(p)
+    p.add_argument("--out", metavar="DIR2", help="save the applied edit again to this folder")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+    p.add_argument("--json", help="write the report as JSON to this file")
 
     _add_optional_commands(sub)
     return parser

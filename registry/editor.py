@@ -11,6 +11,7 @@ from .errors import EditError, HyperParamsError
 from .hparams import HyperParams
 
 if TYPE_CHECKING:  # pragma: no cover
+    from .compose import Footprint
     from .edits import Edit, SavedEdit
 
 KINDS = ("weights", "activations", "training")
@@ -150,6 +151,15 @@ class Editor(abc.ABC):
     aliases: ClassVar[tuple[str, ...]] = ()
     #: Dotted package holding shipped YAML as ``<ALG>/<model>.yaml`` (found by `--hparams ALG/model`).
     hparams_package: ClassVar[Optional[str]] = None
+    #: Keys a pipeline step of this editor may carry besides hparams/override/name (key -> help text);
+    #: ``read_spec`` receives them. The default: EasyEdit request dicts under ``requests:``.
+    spec_keys: ClassVar[Mapping[str, str]] = {
+        "requests": "EasyEdit request dicts (prompt, target_new, ground_truth, locality, ...).",
+    }
+    #: True when this editor's weight edits are additive deltas computed on the current weights, so a
+    #: composition may let it edit a tensor an earlier step already edited (DINM's sequential edits
+    #: of one MLP matrix). False: such a composition is refused as a conflict (registry.compose).
+    stackable: ClassVar[bool] = False
     #: Hparams fields the EasyEdit bridge (``registry.easyedit``) sets because EasyEdit's host already
     #: did that part before calling ``apply_<alg>_to_model`` (DINM: ``{"use_suffix": False}``).
     easyedit_overrides: ClassVar[Mapping[str, Any]] = {}
@@ -202,6 +212,31 @@ class Editor(abc.ABC):
             },
             **extra,
         }
+
+    # ------------------------------------------------------------------ pipeline hooks (registry.pipeline)
+    def read_spec(self, spec: Mapping[str, Any], *, base_dir: Optional[Path] = None) -> Any:
+        """Read and validate a pipeline step's inputs (its ``spec_keys``) without touching a model.
+
+        The result goes to ``edit_from_spec``. ``base_dir`` is the pipeline file's folder: relative
+        paths are resolved against it (``registry.pipeline.step_path``). The default reads
+        ``requests:`` as EasyEdit request dicts.
+        """
+        requests = spec.get("requests")
+        if requests is None:
+            raise EditError(f"a {self.name} step needs 'requests:' (a list of EasyEdit request dicts with "
+                            f"prompt and target_new)")
+        if not isinstance(requests, (list, tuple, Mapping)):
+            raise EditError(f"'requests' must be a list of request dicts, got {type(requests).__name__}")
+        return normalise_requests(requests)
+
+    def edit_from_spec(self, model: Any, tokenizer: Any, inputs: Any) -> "Edit":
+        """Run one pipeline step with the inputs ``read_spec`` returned. The default calls ``edit``."""
+        return self.edit(model, tokenizer, inputs)
+
+    def planned_targets(self, model: Any, inputs: Any = None) -> Optional["Footprint"]:
+        """What ``edit_from_spec`` would change on ``model``, predicted from the hparams (and inputs)
+        without changing anything; ``None`` = cannot say (checked right after the step instead)."""
+        return None
 
     @classmethod
     def apply_saved(cls, model: Any, saved: "SavedEdit", tokenizer: Any = None) -> "Edit":

@@ -336,8 +336,8 @@ def shipped_hparams() -> dict[str, Path]:
             logger.warning("hparams package %r is not importable: %s", pkg, exc)
             continue
         for sub in sorted(root.iterdir(), key=lambda t: t.name):
-            if not sub.is_dir() or sub.name.startswith(("_", ".")):
-                continue
+            if not sub.is_dir() or sub.name.startswith(("_", ".")) or sub.name == "pipelines":
+                continue  # pipelines/ holds registry.pipeline files, not hparams
             for item in sorted(sub.iterdir(), key=lambda t: t.name):
                 stem, dot, suffix = item.name.rpartition(".")
                 if dot and f".{suffix}" in (".yaml", ".yml", ".json") and item.is_file():

@@ -45,6 +45,43 @@ class DeSteinEditor(Editor):
 
     hparams: DeSteinHyperParams
 
+    #: Pipeline step inputs (registry.pipeline); with neither, the hparams' pairs.path or the shipped pairs.
+    spec_keys = {
+        "pairs": "JSONL pair file (relative to the pipeline file) or a list of {toxic, nontoxic}; omitted: "
+                 "the hparams' pairs.path, else the shipped pairs.",
+        "requests": "SafeEdit-style requests whose ground_truth (toxic) and target_new (non-toxic) form the pairs.",
+    }
+
+    # ------------------------------------------------------------------ pipeline hooks (registry.pipeline)
+    def read_spec(self, spec: Mapping[str, Any], *, base_dir: Any = None) -> PairsLike:
+        """The step's pair source (``pairs:`` or ``requests:``), validated now; None = the hparams' default."""
+        from registry.pipeline import step_path
+
+        if spec.get("pairs") is not None and spec.get("requests") is not None:
+            raise EditError("a DeStein step takes either 'pairs:' or 'requests:', not both")
+        source = spec.get("pairs") if spec.get("pairs") is not None else spec.get("requests")
+        if isinstance(source, Mapping):
+            source = [source]
+        source = step_path(source, base_dir)
+        if self.hparams.vectors:
+            if source is not None:
+                raise EditError(f"the hparams set vectors: {self.hparams.vectors}; remove 'pairs:'/'requests:' "
+                                f"or set vectors: null to build new vectors")
+            return None
+        self.resolve_pairs(source)  # a bad file or pair fails now, before any model is touched
+        return source
+
+    def planned_targets(self, model: Any, inputs: Any = None) -> Any:
+        """A bias fold writes each steered o_proj's bias (and reads its weight); hooks steer the o_proj."""
+        from registry.compose import Footprint
+
+        hp = self.hparams
+        geometry = resolve_geometry(model, hp.attn_out_module_tmp, hp.num_heads)
+        names = [geometry.template.format(layer) for layer in geometry.resolve_layers(hp.layers)]
+        if hp.apply == "bias_fold":
+            return Footprint.of(writes=[f"{n}.bias" for n in names], reads=[f"{n}.weight" for n in names])
+        return Footprint.of(hooks=names)
+
     # ------------------------------------------------------------------ inputs
     def resolve_pairs(self, requests: PairsLike = None) -> tuple[list[SteeringPair], str]:
         """The m pairs to build vectors from, and a provenance string (validated; model untouched)."""

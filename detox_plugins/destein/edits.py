@@ -91,6 +91,16 @@ class DeSteinEdit(Edit):
         include_u = self.settings.weight if self.settings.fusion == "rotate" else None
         return self.vectors.tensors(include_u=include_u)
 
+    def module_names(self) -> list[str]:
+        """Names of the steered projection modules (one per steered layer)."""
+        return [self.geometry.template.format(layer) for layer in self.settings.layers]
+
+    def footprint(self) -> Any:
+        """What registry.compose checks for conflicts: the hooked modules (a BiasFoldEdit overrides)."""
+        from registry.compose import Footprint
+
+        return Footprint.of(hooks=self.module_names())
+
     def _destein_metadata(self) -> dict[str, Any]:
         alpha = self.alpha
         settings = self.settings.to_dict()
@@ -255,6 +265,13 @@ class BiasFoldEdit(DeSteinEdit):
     @property
     def alpha(self) -> float:
         return self._alpha
+
+    def footprint(self) -> Any:
+        """The folded biases are written; they were computed from each o_proj's weight (W_o·δ)."""
+        from registry.compose import Footprint
+
+        names = self.module_names()
+        return Footprint.of(writes=[f"{n}.bias" for n in names], reads=[f"{n}.weight" for n in names])
 
     def set_alpha(self, alpha: AlphaLike) -> None:
         """Refold with a new float α (the bias is restored, then folded again)."""

@@ -75,6 +75,16 @@ class DINMEditor(Editor):
     kind = "weights"
     hparams_class = DINMHyperParams
     hparams_package = "detox_plugins.hparams"
+    #: Pipeline step inputs (registry.pipeline): SafeEdit cases or EasyEdit request dicts.
+    spec_keys = {
+        "cases": "SafeEdit JSON file (relative to the pipeline file) or 'safeedit-sample' (the shipped cases).",
+        "case_id": "Only the case with this id (with cases:).",
+        "limit": "At most this many cases (with cases: or requests:).",
+        "requests": "EasyEdit request dicts (prompt, target_new, ground_truth, ...) instead of cases:.",
+    }
+    #: Sequential DINM edits of one matrix are the paper's setting (W0 + Δ1 + Δ2, each Δ computed on
+    #: the weights the previous edit left), so a composition may let DINM edit a tensor again.
+    stackable = True
     #: EasyEdit's SafetyEditor appends suffix_system_prompt to the prompts before calling
     #: apply_dinm_to_model, so the EasyEdit bridge uses the prompts as given (DINM.md §8).
     easyedit_overrides = {"use_suffix": False}
@@ -145,6 +155,56 @@ class DINMEditor(Editor):
         from .protocol import run_safeedit
 
         return run_safeedit(self, model, tokenizer, cases, **kwargs)
+
+    # ------------------------------------------------------------------ pipeline hooks (registry.pipeline)
+    def read_spec(self, spec: Mapping[str, Any], *, base_dir: Any = None) -> list[EditRequest]:
+        """A pipeline step's cases (``cases:`` + ``case_id:``/``limit:``) or ``requests:``, validated."""
+        from registry.pipeline import step_path
+
+        from .commands import load_cases
+        from .protocol import as_request
+
+        cases, requests, limit = spec.get("cases"), spec.get("requests"), spec.get("limit")
+        if cases is not None and requests is not None:
+            raise EditError("a DINM step takes either 'cases:' or 'requests:', not both")
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+            raise EditError(f"'limit' must be an integer >= 1, got {limit!r}")
+        if requests is not None:
+            if spec.get("case_id") is not None:
+                raise EditError("'case_id' picks one of 'cases:'; with 'requests:' list only the requests you want")
+            if isinstance(requests, Mapping):
+                requests = [requests]
+            if not isinstance(requests, list):
+                raise EditError(f"'requests' must be a list of request dicts, got {type(requests).__name__}")
+            items = [as_request(r) for r in requests][:limit]
+        elif cases is not None:
+            if not isinstance(cases, str):
+                raise EditError(f"'cases' must be a SafeEdit JSON file or 'safeedit-sample', got {cases!r}")
+            case_id = spec.get("case_id")
+            items = [as_request(c) for c in load_cases(step_path(cases, base_dir),
+                                                       case_id=None if case_id is None else str(case_id),
+                                                       limit=limit)]
+        else:
+            raise EditError("a DINM step needs 'cases:' (a SafeEdit JSON file or safeedit-sample, with "
+                            "'case_id:' to pick one) or 'requests:' (EasyEdit request dicts)")
+        return normalise_requests(items)
+
+    def planned_targets(self, model: "nn.Module", inputs: Any = None) -> Any:
+        """The tensors ``rewrite_module_tmp`` names in ``layers`` (every layer before localization)."""
+        from registry.compose import Footprint
+
+        from .runner import find_stack
+
+        hp = self.hparams
+        stack = find_stack(model)
+        num_layers = stack.num_layers if stack is not None else int(getattr(model.config, "num_hidden_layers", 0))
+        names = [name for name, _ in model.named_parameters()]
+        fixed = list(hp.layers) or (list(self.sticky_layers) if hp.effective_sticky_layer and self.sticky_layers
+                                    else None)
+        self._check_template(names, fixed, num_layers)
+        layers = fixed if fixed is not None else list(range(num_layers))
+        targets = {n for layer in layers for n in template_matches(hp.rewrite_module_tmp, layer, names)}
+        return Footprint.of(writes=targets, additive=True, exact=fixed is not None)
 
     # ------------------------------------------------------------------ planning (no model change)
     def plan(self, model: "nn.Module", tokenizer: Any, items: list[EditRequest]) -> EditPlan:

@@ -74,6 +74,14 @@ class _LoraEdit(Edit):
     def _revert(self) -> None:
         adapters.detach(self.model, self.adapter)
 
+    def footprint(self) -> Any:
+        """What registry.compose checks for conflicts: the modules this adapter wraps."""
+        from registry.compose import Footprint
+
+        wrapped = [adapters.base_name(name) for name, layer in adapters.tuner_layers(self.model)
+                   if any(self.adapter in getattr(layer, attr) for attr in layer.adapter_layer_names)]
+        return Footprint.of(wraps=wrapped)
+
     @classmethod
     def _from_saved(cls, model: Any, saved: SavedEdit, *, active: bool) -> "_LoraEdit":
         info = saved.manifest.get("adapter")
@@ -152,6 +160,24 @@ class SecurityVector:
                    fingerprint=saved.fingerprint, source=str(saved.path))
 
 
+@dataclass(frozen=True)
+class StepInputs:
+    """A pipeline step of this editor (``SecurityVectorEditor.read_spec``)."""
+
+    action: str  # "vector" (stage 1) or "finetune" (stages 2-3)
+    data: Any  # harmful rows (vector) or the user's rows (finetune); a path, a shipped name or rows
+    vector: Optional[str] = None  # finetune: "train", a saved vector folder, or None (plain fine-tune)
+
+
+def _linear_modules(model: Any, target_modules: Sequence[str]) -> list[str]:
+    """The linear modules a LoRA with ``target_modules`` wraps (peft's suffix match)."""
+    import torch
+
+    names = {adapters.base_name(name) for name, module in model.named_modules()
+             if isinstance(module, torch.nn.Linear) and ".lora_" not in name}
+    return sorted(n for n in names if any(n == t or n.endswith(f".{t}") for t in target_modules))
+
+
 # ---------------------------------------------------------------------- the editor
 class SecurityVectorEditor(Editor):
     """Security vectors (arXiv 2311.02105): a frozen LoRA that makes harmful fine-tuning unlearnable."""
@@ -164,6 +190,77 @@ class SecurityVectorEditor(Editor):
     cli_module: ClassVar[str] = "detox_plugins.security_vectors.commands"
 
     hparams: SecurityVectorHyperParams
+
+    #: Pipeline step inputs (registry.pipeline).
+    spec_keys: ClassVar[Mapping[str, str]] = {
+        "action": "vector (default): train the security vector and attach it inactive; finetune: the "
+                  "user's fine-tune with the vector active and frozen, exported without it.",
+        "data": "vector: the harmful rows (default: the hparams' harmful_data); finetune: the user's rows "
+                "(required). A JSONL path (relative to the pipeline file) or a file shipped in detox_plugins/data.",
+        "vector": "finetune only: train (default; trains the vector in this step on the hparams' "
+                  "harmful_data), a saved vector folder, or none (a plain fine-tune, the baseline).",
+    }
+
+    # ------------------------------------------------------------------ pipeline hooks (registry.pipeline)
+    def read_spec(self, spec: Mapping[str, Any], *, base_dir: Any = None) -> StepInputs:
+        """Validate the step's action, data and vector now (files read, rows checked), before any model."""
+        from registry.pipeline import step_path
+
+        hp = self.hparams
+        action = spec.get("action", "vector")
+        if action not in ("vector", "finetune"):
+            raise EditError(f"'action' must be vector or finetune, got {action!r}")
+        data = step_path(spec.get("data"), base_dir)
+        if action == "vector":
+            if spec.get("vector") is not None:
+                raise EditError("'vector:' belongs to action: finetune; a vector step trains the vector itself")
+            load_rows(data if data is not None else hp.harmful_data, harmful=True, limit=hp.num_harmful,
+                      what="harmful data")
+            return StepInputs("vector", data)
+        if data is None:
+            raise EditError("a SecurityVectors finetune step needs 'data:' (the user's fine-tuning rows, "
+                            "e.g. sv_attack.jsonl)")
+        load_rows(data, harmful=None, what="fine-tuning data")
+        vector = spec.get("vector", "train")
+        if vector is None or vector is False or vector == "none":
+            return StepInputs("finetune", data, None)
+        if not isinstance(vector, str):
+            raise EditError(f"'vector' must be train, none or a saved vector folder, got {vector!r}")
+        if vector == "train":
+            load_rows(hp.harmful_data, harmful=True, limit=hp.num_harmful, what="harmful data")
+            return StepInputs("finetune", data, "train")
+        vector = step_path(vector, base_dir)
+        SecurityVector.from_any(vector)  # a folder that is not a saved vector fails now
+        return StepInputs("finetune", data, vector)
+
+    def edit_from_spec(self, model: Any, tokenizer: Any, inputs: Any) -> Edit:
+        """Stage 1 (the vector, inactive), or stages 1-3: train the vector, fine-tune with it, drop it."""
+        if not isinstance(inputs, StepInputs):
+            inputs = self.read_spec(dict(inputs or {}))
+        if inputs.action == "vector":
+            return self.edit(model, tokenizer, inputs.data)
+        if inputs.vector != "train":
+            return self.fine_tune(model, tokenizer, inputs.data, vector=inputs.vector)
+        vector = self.edit(model, tokenizer, None)
+        try:
+            return self.fine_tune(model, tokenizer, inputs.data, vector=vector)
+        finally:
+            if vector.applied:  # fine_tune detaches it; this covers a failure before that
+                vector.revert()
+
+    def planned_targets(self, model: Any, inputs: Any = None) -> Any:
+        """Adapters wrap their target modules; merged or full fine-tunes write weights."""
+        from registry.compose import Footprint
+
+        hp = self.hparams
+        if not isinstance(inputs, StepInputs) or inputs.action == "vector":
+            return Footprint.of(wraps=_linear_modules(model, hp.sv_lora.target_modules))
+        if hp.user_mode == "full":
+            return Footprint.of(writes=[n for n, _ in model.named_parameters()], additive=True, exact=False)
+        modules = _linear_modules(model, hp.user_lora.target_modules)
+        if hp.export == "merged":
+            return Footprint.of(writes=[f"{m}.weight" for m in modules], additive=True)
+        return Footprint.of(wraps=modules)
 
     # ------------------------------------------------------------------ stage 1
     def edit(self, model: Any, tokenizer: Any,

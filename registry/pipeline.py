@@ -1,0 +1,396 @@
+"""Pipelines: several editors run on one model in order, as one composed, revertible edit.
+
+A pipeline file (``hparams/pipelines/<name>.yaml`` when shipped, or any YAML/JSON file)::
+
+    name: detox-all                      # optional (default: the file name)
+    description: DINM, then DeStein      # optional
+    model_name: smollm2-135m-instruct    # optional (default: the first step's hparams' model_name)
+    steps:
+      - hparams: DINM/smollm2-135m       # a shipped name, a path (relative to this file), or a mapping
+        cases: safeedit-sample           # inputs the editor reads (its ``spec_keys``)
+        case_id: 0
+      - hparams: DeStein/smollm2-135m
+        override: {alpha: 0.3}           # merged into the hparams before validation
+        name: steer                      # optional label
+
+Every key is checked like hyperparameters: an unknown key names the closest valid one, an unknown
+``alg_name`` lists the installed editors, and each step's inputs are read and validated (files
+loaded, cases found) before a model is touched. Step inputs reach the editor through the generic
+hooks of ``registry.Editor`` (``spec_keys``, ``read_spec``, ``edit_from_spec``,
+``planned_targets``), so the host knows nothing about any editor.
+
+``run_pipeline`` first predicts every step's footprint and refuses conflicting pipelines
+(``ConflictError``) before anything changes; then it runs the steps, checks each actual footprint
+right after its step, and on any failure (also an interrupt) undoes the steps already run, newest
+first, so the model is bit-for-bit as it was.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence, Union
+
+from .compose import ComposedEdit, StepFootprint, applied_footprints, footprint_of, raise_on_conflicts
+from .edits import Edit
+from .errors import DetoxError, EditError, HyperParamsError
+from .hparams import HPARAMS_SUFFIXES, HyperParams, read_hparams_file, resolve_hparams_path
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .editor import Editor
+
+logger = logging.getLogger(__name__)
+
+#: The folder of an editor's ``hparams_package`` holding shipped pipelines.
+PIPELINES_FOLDER = "pipelines"
+
+PIPELINE_KEYS: dict[str, str] = {
+    "name": "Label of the pipeline (default: the file name).",
+    "description": "One line saying what the pipeline does.",
+    "model_name": "Model to edit (default: the first step's hparams' model_name).",
+    "steps": "The editors to run, in order: a list of step mappings.",
+}
+STEP_KEYS: dict[str, str] = {
+    "hparams": "Hyperparameters: a shipped name (DINM/smollm2-135m), a file (relative to the pipeline "
+               "file) or an inline mapping with alg_name.",
+    "override": "A mapping merged into the hparams before validation (nested mappings merge key by key).",
+    "name": "A label for this step in reports and errors (default: 'step N (EDITOR)').",
+}
+
+
+# ---------------------------------------------------------------------- the parsed form
+@dataclass
+class PipelineStep:
+    """One validated step: the editor (with its hparams) and the inputs its ``read_spec`` returned."""
+
+    index: int  # 0-based
+    label: str
+    source: str  # where the hparams came from
+    editor: "Editor"
+    inputs: Any
+    spec: dict[str, Any] = field(default_factory=dict)  # the editor's own keys, as written
+
+    @property
+    def editor_name(self) -> str:
+        return type(self.editor).name
+
+    @property
+    def stackable(self) -> bool:
+        return bool(getattr(type(self.editor), "stackable", False))
+
+    def record(self) -> dict[str, Any]:
+        """What the composed manifest records about this step."""
+        return {"name": self.label, "editor": self.editor_name, "hparams": self.source, "inputs": self.spec}
+
+
+@dataclass
+class Pipeline:
+    """A parsed pipeline file: validated steps, ready to run on a model."""
+
+    name: str
+    steps: list[PipelineStep]
+    description: str = ""
+    model_name: Optional[str] = None
+    source: Optional[str] = None
+
+    def model_spec(self) -> Union[HyperParams, str]:
+        """What ``registry.load_model`` loads for this pipeline when no model is given."""
+        return self.model_name if self.model_name else self.steps[0].editor.hparams
+
+    def record(self) -> dict[str, Any]:
+        return {"name": self.name, "description": self.description, "source": self.source,
+                "model_name": self.model_name, "steps": [s.record() for s in self.steps]}
+
+
+# ---------------------------------------------------------------------- finding files
+def shipped_pipelines() -> dict[str, Path]:
+    """``{"detox-all": path}`` for every pipeline shipped in an installed editor's hparams package."""
+    from importlib.resources import files
+
+    from .plugins import get_registry
+
+    found: dict[str, Path] = {}
+    packages: list[str] = []
+    for info in get_registry().list_editors():
+        pkg = getattr(info.editor_class, "hparams_package", None) if info.editor_class else None
+        if pkg and pkg not in packages:
+            packages.append(pkg)
+    for pkg in packages:
+        try:
+            folder = files(pkg) / PIPELINES_FOLDER
+        except (ModuleNotFoundError, TypeError) as exc:
+            logger.warning("hparams package %r is not importable: %s", pkg, exc)
+            continue
+        if not folder.is_dir():
+            continue
+        for item in sorted(folder.iterdir(), key=lambda t: t.name):
+            stem, dot, suffix = item.name.rpartition(".")
+            if dot and f".{suffix}" in HPARAMS_SUFFIXES and item.is_file():
+                found.setdefault(stem, Path(str(item)))
+    return found
+
+
+def resolve_pipeline_path(path_or_name: Union[str, Path]) -> Path:
+    """A pipeline file (suffix optional) first, then a shipped name like ``detox-all``."""
+    raw = str(path_or_name).strip()
+    if not raw:
+        raise HyperParamsError("empty pipeline name; pass a pipeline file or a shipped name like detox-all")
+    path = Path(raw).expanduser()
+    candidates = [path] if path.suffix in HPARAMS_SUFFIXES else [path.with_name(path.name + s)
+                                                                  for s in HPARAMS_SUFFIXES]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    shipped = shipped_pipelines()
+    key = raw.replace("\\", "/")
+    if key.startswith(f"{PIPELINES_FOLDER}/"):
+        key = key[len(PIPELINES_FOLDER) + 1:]
+    for suffix in HPARAMS_SUFFIXES:
+        if key.endswith(suffix):
+            key = key[: -len(suffix)]
+    for name, found in shipped.items():
+        if name.lower() == key.lower():
+            return found
+    close = difflib.get_close_matches(key, list(shipped), n=1, cutoff=0.5)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    raise HyperParamsError(f"no pipeline {raw!r}: not a file, and not a shipped pipeline "
+                           f"({', '.join(sorted(shipped)) or 'none installed'}).{hint}")
+
+
+def step_path(value: Any, base_dir: Optional[Path]) -> Any:
+    """A relative path in a step resolved against the pipeline file's folder when it exists there;
+    anything else (a shipped name such as ``safeedit-sample``, an absolute path) unchanged."""
+    if not isinstance(value, (str, Path)) or base_dir is None:
+        return value
+    path = Path(value).expanduser()
+    if not path.is_absolute() and (base_dir / path).exists():
+        return str(base_dir / path)
+    return str(path) if isinstance(value, Path) else value
+
+
+# ---------------------------------------------------------------------- parsing
+def _closest(key: str, known: Sequence[str]) -> str:
+    close = difflib.get_close_matches(key, list(known), n=1, cutoff=0.5)
+    return f"did you mean {close[0]!r}?" if close else f"valid keys: {', '.join(sorted(known))}."
+
+
+def load_pipeline(path_or_name: Union[str, Path]) -> Pipeline:
+    """Read and validate a pipeline file or shipped pipeline (no model is loaded)."""
+    path = resolve_pipeline_path(path_or_name)
+    data = read_hparams_file(path)
+    return parse_pipeline(data, source=str(path), base_dir=path.parent, default_name=path.stem)
+
+
+def parse_pipeline(data: Mapping[str, Any], *, source: str = "<pipeline>", base_dir: Optional[Path] = None,
+                   default_name: str = "pipeline") -> Pipeline:
+    """Validate a pipeline mapping: its keys, every step's hparams and inputs."""
+    if not isinstance(data, Mapping):
+        raise HyperParamsError(f"{source}: a pipeline is a mapping with 'steps', got {type(data).__name__}")
+    for key in data:
+        if not isinstance(key, str) or key not in PIPELINE_KEYS:
+            hint = (" This looks like a hyperparameter file: run it with --hparams, or list it as a step "
+                    "(steps: [{hparams: FILE}])." if key == "alg_name" else "")
+            raise HyperParamsError(f"{source}: unknown pipeline key {key!r}; {_closest(str(key), list(PIPELINE_KEYS))}"
+                                   f" Remove or rename it.{hint}")
+    steps = data.get("steps")
+    if not isinstance(steps, list) or not steps:
+        raise HyperParamsError(f"{source}: 'steps' must be a non-empty list of steps such as "
+                               f"{{hparams: DINM/smollm2-135m, cases: safeedit-sample, case_id: 0}}")
+    for key in ("name", "description", "model_name"):
+        if data.get(key) is not None and not isinstance(data[key], str):
+            raise HyperParamsError(f"{source}: '{key}' must be a string, got {data[key]!r}")
+    prepared = [prepare_step(spec, index, source=source, base_dir=base_dir) for index, spec in enumerate(steps)]
+    return Pipeline(name=data.get("name") or default_name, steps=prepared, description=data.get("description") or "",
+                    model_name=data.get("model_name"), source=source)
+
+
+def prepare_steps(specs: Sequence[Any], *, source: str = "compose()", base_dir: Optional[Path] = None
+                  ) -> list[PipelineStep]:
+    """Validated steps from step mappings, hparams names/paths, ``HyperParams`` or ``PipelineStep`` s."""
+    steps = []
+    for index, spec in enumerate(specs):
+        if isinstance(spec, PipelineStep):
+            spec.index = index
+            steps.append(spec)
+        elif isinstance(spec, Pipeline):
+            raise EditError("compose(): pass a pipeline on its own, not inside a list of steps")
+        else:
+            steps.append(prepare_step(spec, index, source=source, base_dir=base_dir))
+    return steps
+
+
+def prepare_step(spec: Any, index: int, *, source: str = "<pipeline>", base_dir: Optional[Path] = None
+                 ) -> PipelineStep:
+    """Validate one step (its keys, hparams, override and inputs); nothing touches a model."""
+    if isinstance(spec, (str, Path, HyperParams)):
+        spec = {"hparams": spec}
+    where = f"{source} step {index + 1}"
+    if not isinstance(spec, Mapping):
+        raise HyperParamsError(f"{where}: a step is a mapping with 'hparams', got {type(spec).__name__}")
+    if "hparams" not in spec:
+        raise HyperParamsError(f"{where}: missing 'hparams' (a shipped name like DINM/smollm2-135m, a file, "
+                               f"or a mapping with alg_name)")
+    override = spec.get("override") or {}
+    if not isinstance(override, Mapping):
+        raise HyperParamsError(f"{where}: 'override' must be a mapping of hparams keys, got {override!r}")
+    editor_class, hparams, hp_source = _step_hparams(spec["hparams"], override, where, base_dir)
+    label = spec.get("name")
+    if label is not None and not isinstance(label, str):
+        raise HyperParamsError(f"{where}: 'name' must be a string, got {label!r}")
+    label = label or f"step {index + 1} ({editor_class.name})"
+    allowed = {**STEP_KEYS, **dict(getattr(editor_class, "spec_keys", {}) or {})}
+    for key in spec:
+        if not isinstance(key, str) or key not in allowed:
+            raise HyperParamsError(
+                f"{where}: unknown key {key!r} for a {editor_class.name} step; {_closest(str(key), list(allowed))} "
+                f"Remove or rename it ({editor_class.name} steps take: {', '.join(sorted(allowed))}).")
+    inputs_spec = {k: v for k, v in spec.items() if k not in STEP_KEYS}
+    editor = editor_class(hparams)
+    try:
+        inputs = editor.read_spec(inputs_spec, base_dir=base_dir)
+    except DetoxError as exc:
+        raise _with_context(exc, f"{where} ({label})") from None
+    return PipelineStep(index=index, label=label, source=hp_source, editor=editor, inputs=inputs,
+                        spec=dict(inputs_spec))
+
+
+def _with_context(exc: DetoxError, where: str) -> DetoxError:
+    try:
+        return type(exc)(f"{where}: {exc}")
+    except TypeError:  # an error type with another constructor: keep it as it is
+        return exc
+
+
+def _deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _step_hparams(value: Any, override: Mapping[str, Any], where: str, base_dir: Optional[Path]
+                  ) -> tuple[type, HyperParams, str]:
+    """(editor class, validated hparams with the override merged in, a label of their source)."""
+    from .plugins import get_editor
+
+    if isinstance(value, HyperParams):
+        raw: Mapping[str, Any] = value.to_dict()
+        label = f"<{type(value).__name__}>"
+    elif isinstance(value, Mapping):
+        raw, label = value, "<inline>"
+    elif isinstance(value, (str, Path)):
+        label = str(value)
+        try:
+            raw = read_hparams_file(resolve_hparams_path(step_path(value, base_dir)))
+        except DetoxError as exc:
+            raise _with_context(exc, where) from None
+    else:
+        raise HyperParamsError(f"{where}: 'hparams' must be a name, a file or a mapping, got {value!r}")
+    alg = raw.get("alg_name")
+    if not isinstance(alg, str) or not alg.strip():
+        raise HyperParamsError(f"{where}: the hparams ({label}) have no 'alg_name' (e.g. alg_name: DINM); add it")
+    try:
+        editor_class = get_editor(alg.strip())
+    except DetoxError as exc:
+        raise _with_context(exc, f"{where} ({label})") from None
+    merged = _deep_merge(raw, override) if override else dict(raw)
+    source = f"{where} ({label}{' + override' if override else ''})"
+    hparams = editor_class.hparams_class.from_dict(merged, source=source)
+    return editor_class, editor_class.coerce_hparams(hparams), label
+
+
+# ---------------------------------------------------------------------- running
+def load_model_for_steps(steps: Sequence[PipelineStep], model_name: Optional[str] = None) -> tuple[Any, Any]:
+    """The model (and tokenizer) a pipeline runs on: ``model_name`` or the first step's hparams'."""
+    from .models import load_model
+
+    return load_model(model_name if model_name else steps[0].editor.hparams)
+
+
+def plan(steps: Sequence[PipelineStep], model: Any) -> list[StepFootprint]:
+    """Each step's predicted footprint on ``model`` (``None`` where the editor cannot predict it)."""
+    planned = []
+    for step in steps:
+        try:
+            footprint = step.editor.planned_targets(model, step.inputs)
+        except DetoxError as exc:
+            raise _with_context(exc, step.label) from None
+        planned.append(StepFootprint(step.label, footprint, step.stackable))
+    return planned
+
+
+def run_pipeline(pipeline: Pipeline, model: Any = None, tokenizer: Any = None, *, check_conflicts: bool = True,
+                 metadata: Optional[dict[str, Any]] = None) -> ComposedEdit:
+    """Run every step of ``pipeline`` on ``model`` (loaded from the pipeline when None)."""
+    if model is None:
+        model, tokenizer = load_model_for_steps(pipeline.steps, pipeline.model_name)
+    extra = {"pipeline": pipeline.record(), **(metadata or {})}
+    return run_steps(pipeline.steps, model, tokenizer, check_conflicts=check_conflicts, metadata=extra)
+
+
+def run_steps(steps: Sequence[PipelineStep], model: Any, tokenizer: Any, *, prior: Sequence[Edit] = (),
+              check_conflicts: bool = True, metadata: Optional[dict[str, Any]] = None) -> ComposedEdit:
+    """Run ``steps`` in order after the already-applied ``prior`` edits; all or nothing.
+
+    Conflicts predicted from the hparams are refused before anything changes. Each step's actual
+    footprint is checked right after it runs. Any failure undoes the steps run here, newest first.
+    """
+    if model is None:
+        raise EditError("no model to run the steps on; pass model= (and tokenizer=)")
+    if not steps:
+        raise EditError("no steps to run; a pipeline needs at least one step")
+    prior = list(prior)
+    seen = applied_footprints(prior)
+    if check_conflicts:
+        planned = plan(steps, model)
+        for entry in planned:
+            if entry.footprint is None:
+                logger.warning("%s cannot say before it runs what it changes; it is checked right after", entry.label)
+        raise_on_conflicts(seen + planned)
+    done: list[Edit] = []
+    seconds: list[float] = []
+    try:
+        for step in steps:
+            started = time.perf_counter()
+            logger.info("running %s", step.label)
+            edit = step.editor.edit_from_spec(model, tokenizer, step.inputs)
+            if not isinstance(edit, Edit):
+                raise EditError(f"{step.label}: {type(step.editor).__name__}.edit_from_spec returned "
+                                f"{type(edit).__name__}, not an Edit; the pipeline cannot revert it")
+            done.append(edit)
+            seconds.append(round(time.perf_counter() - started, 3))
+            if check_conflicts:
+                seen.append(StepFootprint(step.label, footprint_of(edit), step.stackable))
+                raise_on_conflicts(seen, only_last=True, undone=True)
+    except BaseException:
+        _undo(done)
+        raise
+    labels = [f"edit {i} ({e.editor})" for i, e in enumerate(prior, start=1)] + [s.label for s in steps]
+    extra = {"step_labels": labels, "step_seconds": [None] * len(prior) + seconds, **(metadata or {})}
+    return ComposedEdit(model, prior + done, metadata=extra)
+
+
+def _undo(done: Sequence[Edit]) -> None:
+    """Revert the steps run so far, newest first; a revert that fails is reported, not hidden."""
+    failures = []
+    for edit in reversed(done):
+        if not edit.applied:
+            continue
+        try:
+            edit.revert()
+        except Exception as exc:  # keep undoing the rest; the original error still propagates
+            logger.error("could not undo the %s edit: %s", edit.editor, exc)
+            failures.append(f"{edit.editor}: {exc}")
+    if failures:
+        raise EditError(f"a step failed and undoing the earlier steps also failed ({'; '.join(failures)}); "
+                        f"reload the model")
+
+
+__all__ = ["PIPELINES_FOLDER", "Pipeline", "PipelineStep", "load_pipeline", "parse_pipeline", "prepare_step",
+           "prepare_steps", "resolve_pipeline_path", "run_pipeline", "run_steps", "shipped_pipelines", "step_path"]
