@@ -291,3 +291,50 @@ def roc_auc(scores: Sequence[float], labels: Sequence[bool | int]) -> float:
         raise DetoxError("roc_auc needs at least one positive and one negative label")
     wins = sum((p > n) + 0.5 * (p == n) for p in positives for n in negatives)
     return wins / (len(positives) * len(negatives))
+
+
+# --- GSM8K exact match -----------------------------------------------------------------------
+
+# A number with optional thousands commas ("1,234") and decimals ("2.5"); a sentence-final period
+# is not part of it ("is 18." -> "18"). The sign is decided in :func:`final_number`.
+_NUMBER = re.compile(r"(?<![\d.])(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?")
+
+
+def final_number(text: str) -> str | None:
+    """The last number in ``text``, without thousands commas (``"$1,520."`` -> ``"1520"``), or None.
+
+    A minus sign counts only when it is not a hyphen between words or digits (``"-5"`` and
+    ``"is -5"`` are negative, ``"5-3"`` and ``"x-2"`` are not). This is the lenient GSM8K extraction
+    ("the final number of the answer"); the "#### N" marker of GSM8K's reference solutions is not
+    required, because small chat models rarely write it.
+    """
+    matches = list(_NUMBER.finditer(text))
+    if not matches:
+        return None
+    match = matches[-1]
+    number = match.group().replace(",", "")
+    start = match.start()
+    if start > 0 and text[start - 1] == "-" and (start < 2 or not text[start - 2].isalnum()):
+        number = "-" + number
+    return number
+
+
+def numbers_equal(a: str | None, b: str | None) -> bool:
+    """Numeric equality of two number strings (``"18.00" == "18"``, commas ignored); None never matches."""
+    from decimal import Decimal, InvalidOperation
+
+    if a is None or b is None:
+        return False
+    try:
+        return Decimal(a.replace(",", "").strip()) == Decimal(b.replace(",", "").strip())
+    except InvalidOperation:
+        return False
+
+
+def gsm8k_accuracy(responses: Sequence[str], targets: Sequence[str]) -> float:
+    """Exact-match accuracy: the share of responses whose :func:`final_number` equals the target."""
+    if len(responses) != len(targets):
+        raise DetoxError(f"got {len(responses)} responses but {len(targets)} targets")
+    if not responses:
+        raise DetoxError("gsm8k_accuracy needs at least one response")
+    return sum(numbers_equal(final_number(r), t) for r, t in zip(responses, targets)) / len(responses)
