@@ -356,4 +356,25 @@ def load_edit(directory: str | os.PathLike[str]) -> SavedEdit:
         raise ManifestError(f"{tensors_path} is not a valid safetensors file: {exc}") from None
     if sorted(tensors) != sorted(names):
         raise ManifestError(f"{path}: the tensors on disk do not match the manifest's list; the save is damaged")
+    _check_tensors(path, manifest, tensors)
     return SavedEdit(path=path, manifest=manifest, tensors=tensors)
+
+
+def _check_tensors(path: Path, manifest: Mapping[str, Any], tensors: Mapping[str, "torch.Tensor"]) -> None:
+    """Shapes as the manifest recorded them, and finite values: a damaged file never reaches a model."""
+    import torch
+
+    shapes = manifest.get("tensor_shapes")
+    if shapes is not None and not isinstance(shapes, Mapping):
+        raise ManifestError(f"{path}: 'tensor_shapes' must map tensor names to shapes; the save is damaged")
+    for name, tensor in tensors.items():
+        recorded = (shapes or {}).get(name)
+        if recorded is not None and recorded != list(tensor.shape):
+            raise ManifestError(
+                f"{path}: tensor {name!r} has shape {list(tensor.shape)} on disk but the manifest records "
+                f"{recorded!r}; the save is damaged, redo the edit"
+            )
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise ManifestError(
+                f"{path}: tensor {name!r} holds NaN or infinite values; the save is damaged, redo the edit"
+            )

@@ -103,7 +103,7 @@ def capture_activations(
         return hook
 
     handles = []
-    was_training = model.training
+    modes = [(m, m.training) for m in model.modules()]  # per module: a mixed model stays mixed
     try:
         for layer, module in enumerate(geometry.modules):
             if "head_input" in sites:
@@ -134,6 +134,6 @@ def capture_activations(
     finally:
         for handle in handles:
             handle.remove()
-        if was_training:
-            model.train()
+        for module, mode in modes:
+            module.training = mode
     return {site: torch.cat(chunks, dim=0) for site, chunks in results.items()}

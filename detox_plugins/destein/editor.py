@@ -223,6 +223,9 @@ class DeSteinEditor(Editor):
                                      layers=[int(x) for x in info["layers"]], weight=str(info["weight"]))
         except KeyError as exc:
             raise ManifestError(f"{saved.path}: the 'destein' section lacks {exc}; the save is damaged") from None
+        except (TypeError, ValueError) as exc:
+            raise ManifestError(f"{saved.path}: the 'destein' section is malformed ({exc}); the save is "
+                                f"damaged") from None
         return apply_steering(model, vectors, settings, geometry, saved.metadata_for_apply())
 
 

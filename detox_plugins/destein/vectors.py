@@ -152,7 +152,9 @@ class SteeringVectors:
                        aggregate=str(meta.get("aggregate", "sum")),
                        info={k: v for k, v in meta.items() if k not in known})
         except EditError as exc:
-            raise ManifestError(f"{where}: {exc}") from None
+            raise ManifestError(f"{where}: {exc}; the vectors are damaged or were not saved by DeStein") from None
+        except (TypeError, ValueError) as exc:
+            raise ManifestError(f"{where}: malformed vector metadata ({exc}); the vectors are damaged") from None
 
     @classmethod
     def load(cls, path: Union[str, Path]) -> "SteeringVectors":

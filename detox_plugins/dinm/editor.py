@@ -313,7 +313,7 @@ class DINMEditor(Editor):
         params = dict(model.named_parameters())
         names = list(params)
         flags = {name: p.requires_grad for name, p in params.items()}
-        was_training = model.training
+        modes = [(m, m.training) for m in model.modules()]  # per module: a mixed model stays mixed
         originals: dict[str, torch.Tensor] = {}
         independent: dict[str, torch.Tensor] = {}
         records: list[dict[str, Any]] = []
@@ -392,7 +392,8 @@ class DINMEditor(Editor):
                     params[name].copy_(w0)
             for name, p in params.items():
                 p.requires_grad_(flags[name])
-            model.train(was_training)
+            for module, mode in modes:
+                module.training = mode
         return deltas, records, sticky
 
 

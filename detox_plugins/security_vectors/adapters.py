@@ -18,7 +18,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Optional, Sequence
 
-from registry.errors import EditError
+from registry.errors import EditError, ManifestError
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -144,7 +144,15 @@ def attach(model: Any, adapter: str, config: "LoraConfig",
                 )
     except RuntimeError as exc:  # size mismatch from load_state_dict
         detach(model, adapter)
-        raise EditError(f"adapter {adapter!r} does not fit this model: {' '.join(str(exc).split())[:300]}") from None
+        raise EditError(f"adapter {adapter!r} does not fit this model (it was trained for another model; train "
+                        f"it on this one): {' '.join(str(exc).split())[:300]}") from None
+    except EditError:  # our own checks above (EditError is a ValueError: keep its message)
+        detach(model, adapter)
+        raise
+    except (TypeError, ValueError) as exc:  # peft rejects a malformed config (e.g. r: "x") only here
+        detach(model, adapter)
+        raise EditError(f"adapter {adapter!r} cannot be attached, its LoRA config is invalid "
+                        f"({' '.join(str(exc).split())[:200]}); fix the config or redo the edit") from None
     except BaseException:
         detach(model, adapter)
         raise
@@ -287,7 +295,11 @@ def config_from_dict(data: Mapping[str, Any]) -> "LoraConfig":
 
     known = set(LoraConfig.__dataclass_fields__)
     kwargs = {k: v for k, v in data.items() if k in known and k not in ("peft_type", "auto_mapping")}
-    return LoraConfig(**kwargs)
+    try:
+        return LoraConfig(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise ManifestError(f"the saved LoRA config is invalid ({' '.join(str(exc).split())[:200]}); the "
+                            f"save is damaged, redo the edit") from None
 
 
 def write_peft_folder(directory: Path, config: "LoraConfig", tensors: Mapping[str, "torch.Tensor"],

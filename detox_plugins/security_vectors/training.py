@@ -101,17 +101,21 @@ def as_features(encoded: Sequence[EncodedRow]) -> list[dict[str, Any]]:
 @contextlib.contextmanager
 def _training_session(model: Any, *, checkpointing: bool = False) -> Iterator[None]:
     """Restore the model's train/eval flag, checkpointing and accelerate's forward patching afterwards."""
-    was_training = model.training
+    modes = [(m, m.training) for m in model.modules()]  # per module: a mixed model stays mixed
+    was_prepared = "_is_accelerate_prepared" in model.__dict__
     try:
         yield
     finally:
+        if not was_prepared:  # accelerate would skip preparing this model in the user's next run
+            model.__dict__.pop("_is_accelerate_prepared", None)
         original = model.__dict__.pop("_original_forward", None)
         if original is not None and "forward" in model.__dict__:
             del model.__dict__["forward"]
         if checkpointing:
             disable = getattr(model, "activation_checkpointing_disable", None) or model.gradient_checkpointing_disable
             disable()
-        model.train(was_training)
+        for module, mode in modes:
+            module.training = mode
 
 
 @dataclass
@@ -180,7 +184,7 @@ def kl_reference(model: Any, encoded: Sequence[EncodedRow], *, top_k: int, batch
     collate = CausalCollator(pad_id)
     device = next(model.parameters()).device
     ref = KLReference(rows=list(encoded), positions=[], top_index=[], top_logp=[], rest_logp=[])
-    was_training = model.training
+    modes = [(m, m.training) for m in model.modules()]  # per module: a mixed model stays mixed
     model.eval()
     try:
         for start in range(0, len(encoded), batch_size):
@@ -200,7 +204,8 @@ def kl_reference(model: Any, encoded: Sequence[EncodedRow], *, top_k: int, batch
                 ref.top_logp.append(values)
                 ref.rest_logp.append(rest)
     finally:
-        model.train(was_training)
+        for module, mode in modes:
+            module.training = mode
     return ref
 
 
@@ -325,7 +330,7 @@ def response_loss(model: Any, tokenizer: Any, rows: Sequence[EncodedRow], *, bat
     collate = CausalCollator(pad_token_id(tokenizer))
     device = next(model.parameters()).device
     total, count = 0.0, 0
-    was_training = model.training
+    modes = [(m, m.training) for m in model.modules()]  # per module: a mixed model stays mixed
     model.eval()
     try:
         for start in range(0, len(rows), batch_size):
@@ -341,5 +346,6 @@ def response_loss(model: Any, tokenizer: Any, rows: Sequence[EncodedRow], *, bat
             total += float(losses)
             count += int(mask.sum())
     finally:
-        model.train(was_training)
+        for module, mode in modes:
+            module.training = mode
     return total / max(count, 1) if count else math.nan
