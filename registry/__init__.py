@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Union
 
-from .compose import ComposedEdit, compose
+from .compose import ComposedEdit, ConflictError, Footprint, compose
 from .editor import KINDS, Editor, EditRequest, normalise_requests
 from .edits import Edit, ParameterEdit, SavedEdit, load_edit
 from .errors import (
@@ -26,11 +26,13 @@ from .hookspecs import hookimpl
 from .hparams import HyperParams, peek_alg_name, resolve_hparams_path
 from .models import load_model
 from .plugins import get_editor, get_registry, list_editors, load_editors, shipped_hparams
+from .pipeline import Pipeline, load_pipeline, run_pipeline, shipped_pipelines
 from . import easyedit  # noqa: E402  (the EasyEdit bridge; imports no torch)
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ConflictError", "Footprint", "Pipeline", "load_pipeline", "run_pipeline", "shipped_pipelines",
     "KINDS", "ComposedEdit", "DetoxError", "Edit", "EditError", "EditRequest", "Editor", "EditorNotFoundError",
     "HyperParams", "HyperParamsError", "ManifestError", "ModelLoadError", "ParameterEdit",
     "PluginError", "SavedEdit", "compose", "from_hparams", "get_editor", "get_registry", "hookimpl",

@@ -81,8 +81,16 @@ class Footprint:
                          self.wraps | other.wraps, self.additive and other.additive, self.exact and other.exact)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"writes": sorted(self.writes), "reads": sorted(self.reads), "hooks": sorted(self.hooks),
-                "wraps": sorted(self.wraps), "additive": self.additive, "exact": self.exact}
+        """Names in natural order (layers.2 before layers.10)."""
+        return {"writes": natural_sorted(self.writes), "reads": natural_sorted(self.reads),
+                "hooks": natural_sorted(self.hooks), "wraps": natural_sorted(self.wraps),
+                "additive": self.additive, "exact": self.exact}
+
+
+def natural_sorted(names: Iterable[str]) -> list[str]:
+    """Sorted with digit runs compared as numbers: ``layers.8`` before ``layers.10``."""
+    return sorted(names, key=lambda n: [(0, int(p), "") if p.isdigit() else (1, 0, p)
+                                        for p in re.split(r"(\d+)", n)])
 
 
 def footprint_of(edit: Edit) -> Optional[Footprint]:
@@ -168,7 +176,7 @@ def pair_conflicts(earlier: StepFootprint, later: StepFootprint) -> list[Conflic
     found = []
 
     def add(rule: str, names: Iterable[str], why: str) -> None:
-        names = sorted(set(names))
+        names = natural_sorted(set(names))
         if names:
             found.append(Conflict(earlier.label, later.label, rule, tuple(names), why))
 
@@ -358,7 +366,7 @@ def compose(items: Union[Sequence[Item], str, "os.PathLike[str]", "Pipeline", Ma
             raise_on_conflicts(prior)
     if not specs:
         return ComposedEdit(owner, applied, metadata=metadata)
-    steps = _pipeline.prepare_steps(specs)
+    steps = _pipeline.prepare_steps(specs, start=len(leaf_edits(applied)))
     if model is None:
         model, tokenizer = _pipeline.load_model_for_steps(steps)
     return _pipeline.run_steps(steps, model, tokenizer, prior=applied, check_conflicts=check_conflicts,

@@ -207,11 +207,12 @@ def parse_pipeline(data: Mapping[str, Any], *, source: str = "<pipeline>", base_
                     model_name=data.get("model_name"), source=source)
 
 
-def prepare_steps(specs: Sequence[Any], *, source: str = "compose()", base_dir: Optional[Path] = None
-                  ) -> list[PipelineStep]:
-    """Validated steps from step mappings, hparams names/paths, ``HyperParams`` or ``PipelineStep`` s."""
+def prepare_steps(specs: Sequence[Any], *, source: str = "compose()", base_dir: Optional[Path] = None,
+                  start: int = 0) -> list[PipelineStep]:
+    """Validated steps from step mappings, hparams names/paths, ``HyperParams`` or ``PipelineStep`` s;
+    ``start`` numbers them after that many edits already applied."""
     steps = []
-    for index, spec in enumerate(specs):
+    for index, spec in enumerate(specs, start=start):
         if isinstance(spec, PipelineStep):
             spec.index = index
             steps.append(spec)
