@@ -3,9 +3,11 @@ cached lower stack (DINM.md §12.4), and peak memory. Prints a markdown table, w
 
     python benchmarks/dinm_speed.py --limit 3 --json dinm_speed.json
 
-Timings cover ``edit()`` only (localization + optimisation + bookkeeping), never generation. Peak
-memory is the process's peak RSS growth during each configuration (``resource``), plus the peak
-of Python-level allocations (``tracemalloc``, which does not see torch's tensor storage).
+Timings cover ``edit()`` only (localization + optimisation + bookkeeping), never generation. After
+one warm-up edit the configurations alternate case by case (and reverse their order every round),
+so load from other processes falls on all of them alike; the table reports the median. Peak memory
+is the process's peak RSS after each configuration's edits (``resource``; the model itself is
+~540 MiB of it).
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ import resource
 import statistics
 import sys
 import time
-import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=3, help="cases to edit per configuration (default 3)")
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    parser.add_argument("--rounds", type=int, default=2, help="times each case is edited per configuration (default 2)")
     parser.add_argument("--json", default="dinm_speed.json", help="where to write the results")
     args = parser.parse_args(argv)
 
@@ -60,27 +62,35 @@ def main(argv: list[str] | None = None) -> int:
     requests = [as_request(c) for c in load_cases(args.cases, limit=args.limit)]
     results: dict[str, Any] = {"hparams": args.hparams, "cases": [r.case_id for r in requests],
                                "torch_threads": torch.get_num_threads(), "configs": {}}
-    for name in args.configs:
-        editor = DINMEditor(base.replace(**CONFIGS[name]))
-        times, layers, steps, fractions = [], [], [], []
-        rss_before = peak_rss_mib()
-        tracemalloc.start()
+    editors = {name: DINMEditor(base.replace(**CONFIGS[name])) for name in args.configs}
+    # Warm-up (first-call allocations and kernel selection), then the configurations alternate case
+    # by case and round by round, so that load from other processes hits all of them alike.
+    editors[args.configs[0]].edit(model, tokenizer, requests[:1]).revert()
+    runs: dict[str, dict[str, list[Any]]] = {name: {"seconds": [], "layers": [], "steps": [], "fractions": []}
+                                             for name in args.configs}
+    peak: dict[str, float] = {}
+    for round_index in range(args.rounds):
         for request in requests:
-            start = time.perf_counter()
-            edit = editor.edit(model, tokenizer, [request])
-            times.append(time.perf_counter() - start)
-            info = edit.metadata["cases"][0]
-            layers.append(info["layers"][0])
-            steps.append(info["steps"])
-            fractions.append(info["upper_fraction"])
-            edit.revert()
-            print(f"{name}: case {request.case_id} layer {layers[-1]} {steps[-1]} steps {times[-1]:.2f} s", flush=True)
-        _, py_peak = tracemalloc.get_traced_memory()
-        tracemalloc.stop()
+            order = args.configs if round_index % 2 == 0 else list(reversed(args.configs))
+            for name in order:
+                start = time.perf_counter()
+                edit = editors[name].edit(model, tokenizer, [request])
+                seconds = time.perf_counter() - start
+                info = edit.metadata["cases"][0]
+                edit.revert()
+                row = runs[name]
+                row["seconds"].append(seconds)
+                row["layers"].append(info["layers"][0])
+                row["steps"].append(info["steps"])
+                row["fractions"].append(info["upper_fraction"])
+                peak[name] = max(peak.get(name, 0.0), peak_rss_mib())
+                print(f"round {round_index}: {name}: case {request.case_id} layer {info['layers'][0]} "
+                      f"{info['steps']} steps {seconds:.2f} s", flush=True)
+    for name, row in runs.items():
         results["configs"][name] = {
-            "seconds_per_case": statistics.mean(times), "seconds": times, "layers": layers, "steps": steps,
-            "blocks_run_fraction": fractions, "peak_rss_mib": peak_rss_mib(),
-            "rss_growth_mib": peak_rss_mib() - rss_before, "python_peak_mib": py_peak / 2**20,
+            "seconds_per_case": statistics.median(row["seconds"]), "mean_seconds": statistics.mean(row["seconds"]),
+            "seconds": row["seconds"], "layers": row["layers"], "steps": row["steps"],
+            "blocks_run_fraction": row["fractions"], "peak_rss_mib": peak[name],
         }
     configs = results["configs"]
     ratios = {}
@@ -96,12 +106,12 @@ def main(argv: list[str] | None = None) -> int:
     results["ratios"] = ratios
     print(f"\nDINM edit time on {len(requests)} case(s) of {args.cases} ({args.hparams}, "
           f"{results['torch_threads']} torch threads)\n")
-    print("| config | s/case | layers | steps | blocks run | peak RSS MiB | Python peak MiB |")
+    print("| config | median s/case | mean s/case | layers | steps | blocks run | peak RSS MiB |")
     print("|---|---|---|---|---|---|---|")
     for name, row in configs.items():
-        print(f"| {name} | {row['seconds_per_case']:.2f} | {row['layers']} | {row['steps']} | "
-              f"{statistics.mean(row['blocks_run_fraction']):.2f} | {row['peak_rss_mib']:.0f} | "
-              f"{row['python_peak_mib']:.1f} |")
+        print(f"| {name} | {row['seconds_per_case']:.2f} | {row['mean_seconds']:.2f} | {sorted(set(row['layers']))} | "
+              f"{sorted(set(row['steps']))} | {statistics.mean(row['blocks_run_fraction']):.2f} | "
+              f"{row['peak_rss_mib']:.0f} |")
     for label, value in ratios.items():
         print(f"\n{label}: {value:.2f}x", end="")
     print()

@@ -276,6 +276,17 @@ class DINMEditor(Editor):
         return ScoredSequence(torch.tensor([ids]), torch.arange(-1, n - 1), torch.zeros(n, dtype=torch.long),
                               torch.ones(n), response)
 
+    def _trained_modules(self, model: "nn.Module", stack: Any, names: list[str]) -> dict[int, "nn.Module"]:
+        """Per block, the MLP module the template trains (what the sub-block edit path records)."""
+        from .runner import trained_module
+
+        found = {}
+        for layer in range(stack.num_layers if stack is not None else 0):
+            module = trained_module(model, stack, layer, template_matches(self.hparams.rewrite_module_tmp, layer, names))
+            if module is not None:
+                found[layer] = module
+        return found
+
     def _uses_easyedit_localization(self) -> bool:
         hp = self.hparams
         return hp.mode == "compat" and not hp.effective_localize_with_prompt and hp.localize_metric == "l2"
@@ -341,7 +352,8 @@ class DINMEditor(Editor):
                         # keep its block inputs so the edit needs no separate cache pass.
                         reuse = hp.cache_lower_layers and torch.equal(case.safe.input_ids, case.edit.input_ids)
                         found = locate_blocks(model, plan.stack, tokenizer, case.safe, case.unsafe,
-                                              metric=hp.localize_metric, capture_inputs=reuse)
+                                              metric=hp.localize_metric, capture_inputs=reuse,
+                                              trained_modules=self._trained_modules(model, plan.stack, names))
                         block_inputs = found.block_inputs
                     record["locate_seconds"] = round(time.perf_counter() - t0, 4)
                     record["localization"] = found.to_dict()

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from .inputs import ScoredSequence
-from .runner import Stack
+from .runner import BlockRecord, BlockRecorder, Stack, run_until_stopped
 
 logger = logging.getLogger(__name__)
 
@@ -32,11 +32,23 @@ class Localization:
     layer: int
     scores: list[float] = field(default_factory=list)
     method: str = "easyedit"
-    #: The inputs (hidden, args, kwargs) of every block for the edit sequence, when captured.
-    block_inputs: Optional[dict[int, tuple[Any, tuple[Any, ...], dict[str, Any]]]] = field(default=None, repr=False)
+    #: What every block saw of the edit sequence (inputs, MLP residual, trained-module input), when captured.
+    block_inputs: Optional[dict[int, BlockRecord]] = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {"layer": self.layer, "method": self.method, "scores": [round(s, 6) for s in self.scores]}
+
+
+def _joined(head: BlockRecord, tail: BlockRecord) -> BlockRecord:
+    """One record of a sequence run as a prefix pass plus a cached continuation."""
+    def cat(a: Optional[torch.Tensor], b: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+        return None if a is None or b is None else torch.cat([a, b], dim=1)
+
+    hidden = cat(head.hidden, tail.hidden)
+    assert hidden is not None
+    return BlockRecord(hidden, (), {}, residual=cat(head.residual, tail.residual),
+                       module_input=cat(head.module_input, tail.module_input),
+                       output=cat(head.output, tail.output), replayable=False)
 
 
 def _argmax_first(scores: list[float]) -> int:
@@ -80,53 +92,121 @@ def locate_easyedit(model: nn.Module, tokenizer: Any, safe: str, unsafe: str) ->
     return Localization(_argmax_first(scores), scores, "easyedit")
 
 
-#: Keep every block's input of the edit sequence (to skip the cache pass) only below this size.
+#: Keep every block's record of the edit sequence (to skip the cache pass) only below this size.
 CAPTURE_LIMIT_BYTES = 512 * 2**20
+
+
+def shared_prefix_length(safe: ScoredSequence, unsafe: ScoredSequence) -> int:
+    """Tokens both sequences start with, up to the first token either scores (the prompt)."""
+    a, b = safe.input_ids[0], unsafe.input_ids[0]
+    n = min(len(a), len(b))
+    differs = (a[:n] != b[:n]).nonzero()
+    common = int(differs[0]) if len(differs) else n
+    masks = [seq.response_mask() for seq in (safe, unsafe)]
+    if not all(bool(mask.any()) for mask in masks):
+        return 0  # a sequence pools over every token: nothing may be skipped
+    return min([common] + [int(mask.nonzero()[0]) for mask in masks])
+
+
+#: Share the prompt's forward pass between the two responses only when it is at least this long.
+MIN_SHARED_PREFIX = 8
+
+
+def _cache_keyword(model: nn.Module) -> Optional[str]:
+    """The keyword the model's forward takes a KV cache under (``cache`` in transformers 5, else
+    ``past_key_values``), or None."""
+    import inspect
+
+    try:
+        parameters = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return None
+    for name in ("cache", "past_key_values"):
+        if name in parameters:
+            return name
+    return None
+
+
+def _new_cache() -> Optional[Any]:
+    try:
+        from transformers import DynamicCache
+    except ImportError:  # pragma: no cover - every supported transformers has it
+        return None
+    return DynamicCache()
+
+
+def _pooling_weights(seq: ScoredSequence, device: torch.device) -> torch.Tensor:
+    weights = seq.response_mask().float()
+    if float(weights.sum()) == 0:
+        weights = torch.ones(seq.length)  # nothing scored: pool over every token
+    return (weights / weights.sum()).to(device)
 
 
 @torch.no_grad()
 def locate_blocks(model: nn.Module, stack: Stack, tokenizer: Any, safe: ScoredSequence, unsafe: ScoredSequence,
                   *, metric: str = "l2", candidates: Optional[list[int]] = None,
-                  capture_inputs: bool = False) -> Localization:
+                  capture_inputs: bool = False, trained_modules: Optional[dict[int, nn.Module]] = None,
+                  share_prefix: bool = True) -> Localization:
     """Per-instance localization on raw block outputs, pooled over each sequence's scored tokens.
 
-    Each sequence runs alone (no padding, so no pad handling is needed). With ``capture_inputs``,
-    the inputs of every block for ``safe`` are kept in ``block_inputs`` so that the edit, whose
-    input is the same sequence, can start from the located block without another forward pass.
+    No padding enters: the prompt the two sequences share runs once (``share_prefix``; its KV cache
+    is then continued by each response alone), or each sequence runs whole. Passes stop after the
+    last block (the final norm and the output head are never computed). With ``capture_inputs``,
+    what every block saw of ``safe`` (its inputs, and for the blocks in ``trained_modules`` the
+    residual entering the MLP and that module's input) is kept in ``block_inputs``, so that the
+    edit, whose input is the same sequence, starts from the located block without another pass.
+    Records built from a shared prefix are marked not replayable (their attention arguments cover
+    only the response), which only the last-block sub-block path can use.
     """
     device = _device(model)
-    means: dict[int, list[torch.Tensor]] = {}
-    captured: dict[int, tuple[torch.Tensor, tuple[Any, ...], dict[str, Any]]] = {}
     hidden_size = int(getattr(getattr(model, "config", None), "hidden_size", 0) or 0)
-    keep = capture_inputs and stack.num_layers * safe.length * max(hidden_size, 1) * 4 <= CAPTURE_LIMIT_BYTES
-    for row, seq in enumerate((safe, unsafe)):
-        weights = seq.response_mask().float()
-        if float(weights.sum()) == 0:
-            weights = torch.ones(seq.length)  # nothing scored: pool over every token
-        weights = (weights / weights.sum()).to(device)
+    intermediate = int(getattr(getattr(model, "config", None), "intermediate_size", 0) or 4 * hidden_size)
+    per_layer = safe.length * (4 * max(hidden_size, 1) + (intermediate if trained_modules else 0)) * 4
+    keep = capture_inputs and stack.num_layers * per_layer <= CAPTURE_LIMIT_BYTES
+    last = stack.num_layers - 1
+    means: dict[int, list[torch.Tensor]] = {}
 
-        def make_hook(index: int):
-            def hook(_module: nn.Module, _args: Any, output: Any) -> None:
-                states = output[0] if isinstance(output, (tuple, list)) else output
-                means.setdefault(index, []).append(weights @ states[0].float())
-            return hook
-
-        def make_capture(index: int):
-            def capture(_module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-                hidden = args[0] if args else kwargs["hidden_states"]
-                rest = {k: v for k, v in kwargs.items() if k != "hidden_states"}
-                captured[index] = (hidden.detach(), tuple(args[1:]), rest)
-            return capture
-
-        handles = [block.register_forward_hook(make_hook(i)) for i, block in enumerate(stack.blocks)]
-        if keep and row == 0:
-            handles += [block.register_forward_pre_hook(make_capture(i), with_kwargs=True)
-                        for i, block in enumerate(stack.blocks)]
+    def run(ids: torch.Tensor, weights: Optional[torch.Tensor], record: bool, **extra: Any) -> dict[int, BlockRecord]:
+        """One pass over ``ids``; block outputs pooled with ``weights`` (None: not pooled)."""
+        handles = []
+        if weights is not None:
+            def make_hook(index: int):
+                def hook(_module: nn.Module, _args: Any, output: Any) -> None:
+                    states = output[0] if isinstance(output, (tuple, list)) else output
+                    means.setdefault(index, []).append(weights @ states[0].float())
+                return hook
+            handles = [block.register_forward_hook(make_hook(i)) for i, block in enumerate(stack.blocks)]
+        recorder = BlockRecorder(stack, range(stack.num_layers) if record else [], trained_modules, stop_after=last)
         try:
-            model(input_ids=seq.input_ids.to(device), attention_mask=seq.attention_mask.to(device), use_cache=False)
+            with recorder:
+                run_until_stopped(model, input_ids=ids.to(device), **extra)
         finally:
             for handle in handles:
                 handle.remove()
+        return recorder.records
+
+    prefix = shared_prefix_length(safe, unsafe) if share_prefix else 0
+    keyword = _cache_keyword(model) if prefix >= MIN_SHARED_PREFIX else None
+    cache = _new_cache() if keyword is not None else None
+    captured: dict[int, BlockRecord] = {}
+    if cache is not None and keyword is not None:
+        import copy
+
+        head = run(safe.input_ids[:, :prefix], None, keep, **{keyword: cache, "use_cache": True})
+        safe_cache = copy.deepcopy(cache)
+        tail = run(safe.input_ids[:, prefix:], _pooling_weights(safe, device)[prefix:], keep,
+                   **{keyword: safe_cache, "use_cache": True})
+        run(unsafe.input_ids[:, prefix:], _pooling_weights(unsafe, device)[prefix:], False,
+            **{keyword: cache, "use_cache": True})
+        del safe_cache, cache
+        if keep:
+            captured = {index: _joined(head[index], tail[index]) for index in head if index in tail}
+    else:
+        for row, seq in enumerate((safe, unsafe)):
+            records = run(seq.input_ids, _pooling_weights(seq, device), keep and row == 0,
+                          attention_mask=seq.attention_mask.to(device), use_cache=False)
+            if keep and row == 0:
+                captured = records
     layers = candidates if candidates is not None else sorted(means)
     scores = []
     for index in layers:

@@ -108,15 +108,16 @@ def optimise_case(model: nn.Module, stack: Optional[Stack], names: list[str], se
     locality = _to(locality, device) if locality is not None else None
     layers = [stack.layer_of(name) for name in names] if stack is not None else [None]
     start_layer = None if any(layer is None for layer in layers) else min(layers)  # type: ignore[type-var]
-    runner = EditForward(model, stack, start_layer, enabled=settings.cache_lower_layers)
+    runner = EditForward(model, stack, start_layer, enabled=settings.cache_lower_layers, trained=names)
     for target in targets:
         target.param.requires_grad_(True)
     optimizer = torch.optim.Adam([t.master for t in targets], lr=settings.lr, betas=(0.9, 0.999), eps=1e-8,
                                  weight_decay=settings.weight_decay)
     compat = settings.mode == "compat"
+    prepared_edit = None
     if runner.cached and block_inputs is not None and start_layer in block_inputs:
         prepared_edit = runner.adopt(edit.input_ids, block_inputs[start_layer])
-    else:
+    if prepared_edit is None:
         prepared_edit = runner.prepare(edit.input_ids, edit.attention_mask)
     prepared_loc: Optional[PreparedInput] = None
     reference: Optional[torch.Tensor] = None

@@ -112,3 +112,69 @@ def test_half_precision_uses_a_float32_master(tok) -> None:
     assert weight.dtype == torch.bfloat16 and not torch.equal(weight, before["model.layers.1.mlp.down_proj.weight"])
     edit.revert()
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("arch", ["llama", "mistral", "gpt2"])
+def test_sharing_the_prompt_pass_gives_the_same_scores_and_records(arch: str, tok) -> None:
+    from detox_plugins.dinm.locate import MIN_SHARED_PREFIX, shared_prefix_length
+    from detox_plugins.dinm.runner import trained_module
+
+    model = tiny_model(arch)
+    stack = find_stack(model)
+    safe = in_context_sequence(tok, CASE["prompt"], CASE["target_new"])
+    unsafe = in_context_sequence(tok, CASE["prompt"], CASE["ground_truth"])
+    prefix = shared_prefix_length(safe, unsafe)
+    assert prefix >= MIN_SHARED_PREFIX and prefix == int(safe.positions[0]) + 1
+    name = "transformer.h.{}.mlp.c_proj.weight" if arch == "gpt2" else "model.layers.{}.mlp.down_proj.weight"
+    modules = {i: trained_module(model, stack, i, [name.format(i)]) for i in range(stack.num_layers)}
+    shared = locate_blocks(model, stack, tok, safe, unsafe, capture_inputs=True, trained_modules=modules)
+    whole = locate_blocks(model, stack, tok, safe, unsafe, capture_inputs=True, trained_modules=modules,
+                          share_prefix=False)
+    assert shared.scores == pytest.approx(whole.scores, rel=1e-4)
+    for index in range(stack.num_layers):
+        a, b = shared.block_inputs[index], whole.block_inputs[index]
+        assert not a.replayable and b.replayable
+        for field in ("hidden", "residual", "module_input", "output"):
+            torch.testing.assert_close(getattr(a, field), getattr(b, field), rtol=1e-5, atol=1e-5)
+
+
+def test_shared_prefix_records_serve_only_the_last_block_sub_block_path(tok) -> None:
+    from detox_plugins.dinm.runner import EditForward, trained_module
+
+    model = tiny_model("llama")
+    stack = find_stack(model)
+    safe = in_context_sequence(tok, CASE["prompt"], CASE["target_new"])
+    unsafe = in_context_sequence(tok, CASE["prompt"], CASE["ground_truth"])
+    names = {i: [f"model.layers.{i}.mlp.down_proj.weight"] for i in range(4)}
+    modules = {i: trained_module(model, stack, i, n) for i, n in names.items()}
+    found = locate_blocks(model, stack, tok, safe, unsafe, capture_inputs=True, trained_modules=modules)
+    full = model(input_ids=safe.input_ids, use_cache=False).logits[0, safe.positions]
+    last = EditForward(model, stack, 3, trained=names[3]).adopt(safe.input_ids, found.block_inputs[3])
+    assert last is not None and last.sub_block
+    runner = EditForward(model, stack, 3, trained=names[3])
+    torch.testing.assert_close(runner.logits(last, safe.positions), full, rtol=1e-5, atol=1e-5)
+    # A lower block would need the attention arguments of the whole sequence: the record refuses.
+    assert EditForward(model, stack, 1, trained=names[1]).adopt(safe.input_ids, found.block_inputs[1]) is None
+
+
+def test_an_edit_of_the_last_block_is_the_same_from_shared_records_or_its_own_pass(tok) -> None:
+    from detox_plugins.dinm.optimize import optimise_case, settings_from
+    from detox_plugins.dinm.runner import trained_module
+
+    model = tiny_model("llama")
+    stack = find_stack(model)
+    safe = in_context_sequence(tok, CASE["prompt"], CASE["target_new"])
+    unsafe = in_context_sequence(tok, CASE["prompt"], CASE["ground_truth"])
+    locality = in_context_sequence(tok, CASE["locality_prompt"], CASE["locality_answer"])
+    names = ["model.layers.3.mlp.down_proj.weight"]
+    found = locate_blocks(model, stack, tok, safe, unsafe, capture_inputs=True,
+                          trained_modules={3: trained_module(model, stack, 3, names)})
+    from detox_plugins.dinm.hparams import DINMHyperParams
+
+    settings = settings_from(DINMHyperParams.from_dict(hparams(num_steps=3, lr=1e-2)))
+    for p in model.parameters():
+        p.requires_grad_(False)
+    reused = optimise_case(model, stack, names, settings, safe, locality, block_inputs=found.block_inputs)
+    own = optimise_case(model, stack, names, settings, safe, locality)
+    assert float(reused.deltas[names[0]].norm()) > 0
+    torch.testing.assert_close(reused.deltas[names[0]], own.deltas[names[0]], rtol=1e-4, atol=1e-7)

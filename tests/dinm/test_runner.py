@@ -82,3 +82,50 @@ def test_block_inputs_kept_from_localization_give_the_same_edit(arch: str, tok) 
         for name, delta in fixed.deltas.items():
             torch.testing.assert_close(reused[name], delta, rtol=1e-4, atol=1e-7)
         fixed.revert()
+
+
+MLP_OUT = {"llama": "model.layers.{}.mlp.down_proj.weight", "mistral": "model.layers.{}.mlp.down_proj.weight",
+           "gpt2": "transformer.h.{}.mlp.c_proj.weight"}
+
+
+@pytest.mark.parametrize("arch", ["llama", "mistral", "gpt2"])
+def test_sub_block_path_matches_the_full_forward_in_logits_and_gradients(arch: str, tok) -> None:
+    model = tiny_model(arch)
+    stack = find_stack(model)
+    seq = in_context_sequence(tok, CASE["prompt"], CASE["target_new"])
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for start in range(stack.num_layers):
+        name = MLP_OUT[arch].format(start)
+        weight = dict(model.named_parameters())[name]
+        weight.requires_grad_(True)
+        full = model(input_ids=seq.input_ids, use_cache=False).logits[0]
+        masked_nll(full[seq.positions], seq.targets, seq.weights).backward()
+        expected = weight.grad.clone()
+        weight.grad = None
+
+        runner = EditForward(model, stack, start, trained=[name])
+        prepared = runner.prepare(seq.input_ids)
+        assert runner.module is not None and prepared.sub_block, f"block {start} should run as residual + module"
+        torch.testing.assert_close(runner.logits(prepared, seq.positions), full[seq.positions].detach(),
+                                   rtol=1e-5, atol=1e-5)
+        masked_nll(runner.logits(prepared, seq.positions), seq.targets, seq.weights).backward()
+        torch.testing.assert_close(weight.grad, expected, rtol=1e-4, atol=1e-6)
+        weight.grad = None
+        weight.requires_grad_(False)
+
+
+def test_a_module_whose_output_is_not_added_to_the_mlp_residual_runs_the_whole_block(tok) -> None:
+    model = tiny_model("llama")
+    stack = find_stack(model)
+    seq = in_context_sequence(tok, CASE["prompt"], CASE["target_new"])
+    full = model(input_ids=seq.input_ids, use_cache=False).logits[0]
+    # o_proj feeds the attention residual, not the MLP one: the self-check must refuse the shortcut.
+    runner = EditForward(model, stack, 3, trained=["model.layers.3.self_attn.o_proj.weight"])
+    assert runner.module is not None
+    prepared = runner.prepare(seq.input_ids)
+    assert prepared.cached and not prepared.sub_block
+    torch.testing.assert_close(runner.logits(prepared, seq.positions), full[seq.positions], rtol=1e-5, atol=1e-5)
+    # Tensors of two modules in one block: no single module, the whole block runs.
+    two = EditForward(model, stack, 2, trained=["model.layers.2.mlp.down_proj.weight", "model.layers.2.mlp.up_proj.weight"])
+    assert two.module is None
