@@ -1,6 +1,8 @@
 # The README's two commands. Both set everything up first (idempotent, see scripts/setup.sh).
 VENV ?= .venv
 PYTEST_ARGS ?=
+# make bench LIMIT=5: the quick run (item counts capped at 5, small speed settings).
+LIMIT ?=
 
 .PHONY: setup demo test test-fast bench clean
 
@@ -18,6 +20,11 @@ test: setup
 ## Unit tests only (seconds).
 test-fast: setup
 	$(VENV)/bin/python -m pytest -m "not integration" $(PYTEST_ARGS)
+
+## Every benchmark (about 60 minutes on a 2-core CPU; LIMIT=5 for the quick run), results in benchmarks/results/.
+bench: setup
+	@$(VENV)/bin/python -c "import matplotlib" 2>/dev/null || $(VENV)/bin/python -m pip install -q -e ".[bench]"
+	$(VENV)/bin/python benchmarks/run_all.py $(if $(LIMIT),--limit $(LIMIT))
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache
