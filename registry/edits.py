@@ -327,8 +327,8 @@ def load_edit(directory: str | os.PathLike[str]) -> SavedEdit:
         raise ManifestError(f"{path} has no {MANIFEST_NAME}; it is not a saved edit (or its save was interrupted)")
     try:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ManifestError(f"{manifest_path} is not valid JSON: {exc}") from None
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, digit limit, deep nesting
+        raise ManifestError(f"{manifest_path} is not valid JSON: {' '.join(str(exc).split())[:200]}") from None
     if not isinstance(manifest, dict):
         raise ManifestError(f"{manifest_path}: expected a JSON object")
     missing = [k for k in REQUIRED_MANIFEST_KEYS if k not in manifest]
@@ -344,6 +344,8 @@ def load_edit(directory: str | os.PathLike[str]) -> SavedEdit:
         )
     if not isinstance(manifest["editor"], str) or not isinstance(manifest["payload"], str):
         raise ManifestError(f"{manifest_path}: 'editor' and 'payload' must be strings")
+    if manifest.get("model") is not None and not isinstance(manifest["model"], dict):
+        raise ManifestError(f"{manifest_path}: 'model' must be an object (fingerprint, name_or_path); the save is damaged")
     names = manifest["tensors"]
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         raise ManifestError(f"{manifest_path}: 'tensors' must be a list of names")

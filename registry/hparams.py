@@ -285,7 +285,9 @@ def read_hparams_file(path: str | Path) -> dict[str, Any]:
         raise HyperParamsError(f"cannot read hyperparameter file {path}: {exc}") from None
     try:
         data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (yaml.YAMLError, json.JSONDecodeError) as exc:
+    # Untrusted text: PyYAML's safe constructors can also raise ValueError (a date 2001-13-01, an int
+    # past Python's digit limit), AttributeError (!!timestamp x) or RecursionError (deep nesting).
+    except (yaml.YAMLError, ValueError, TypeError, AttributeError, RecursionError) as exc:
         first = str(exc).strip().splitlines()
         raise HyperParamsError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {' '.join(first)}") from None
     if data is None:

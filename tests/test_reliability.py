@@ -703,3 +703,70 @@ def test_bad_plugins_are_skipped_and_reported_or_raise_in_strict_mode(editor_reg
     strict.register_plugin(plugin, name="bad", distribution="bad-dist")
     with pytest.raises(PluginError, match=f"bad.*{fragment}"):
         strict.list_editors()
+
+
+# ---------------------------------------------------------------------- untrusted inputs: remote code
+CUSTOM_CONFIG = '''from transformers import LlamaConfig
+
+
+class DetoxCustomConfig(LlamaConfig):
+    model_type = "detox_custom"
+'''
+CUSTOM_MODELING = '''import os
+from pathlib import Path
+
+from transformers import LlamaForCausalLM
+
+from .configuration_custom import DetoxCustomConfig
+
+Path(os.environ["DETOX_TEST_REMOTE_CODE_MARKER"]).write_text("the model folder's code ran")
+
+
+class DetoxCustomForCausalLM(LlamaForCausalLM):
+    config_class = DetoxCustomConfig
+'''
+
+
+def _custom_code_folder(folder: Path) -> Path:
+    """A local model folder whose config needs its own modelling code (``auto_map``)."""
+    from tests.tiny import tiny_llama, tiny_tokenizer
+
+    tiny_llama().save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    config = json.loads((folder / "config.json").read_text())
+    config.update(model_type="detox_custom", architectures=["DetoxCustomForCausalLM"],
+                  auto_map={"AutoConfig": "configuration_custom.DetoxCustomConfig",
+                            "AutoModelForCausalLM": "modeling_custom.DetoxCustomForCausalLM"})
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "configuration_custom.py").write_text(CUSTOM_CONFIG)
+    (folder / "modeling_custom.py").write_text(CUSTOM_MODELING)
+    return folder
+
+
+def test_trust_remote_code_is_off_unless_the_yaml_asks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import transformers.dynamic_module_utils as dynamic
+
+    from registry.errors import ModelLoadError
+    from registry.hparams import HyperParams
+    from registry.models import load_model
+
+    modules = tmp_path / "hf_modules"
+    monkeypatch.syspath_prepend(str(tmp_path))  # sys.path is restored after the test
+    monkeypatch.setattr(dynamic, "HF_MODULES_CACHE", str(modules))  # not the user's ~/.cache
+    marker = tmp_path / "ran"
+    monkeypatch.setenv("DETOX_TEST_REMOTE_CODE_MARKER", str(marker))
+    folder = _custom_code_folder(tmp_path / "custom-model")
+
+    assert HyperParams.from_dict({"alg_name": "X"}).trust_remote_code is False
+    off = tmp_path / "off.yaml"
+    off.write_text(f"alg_name: X\nmodel_name: {folder}\n")
+    with pytest.raises(ModelLoadError, match="could not load model"):
+        load_model(HyperParams.from_hparams(off))
+    with pytest.raises(ModelLoadError):
+        load_model(str(folder))  # a plain path: no hparams, no remote code either
+    assert not marker.exists()
+
+    on = tmp_path / "on.yaml"
+    on.write_text(f"alg_name: X\nmodel_name: {folder}\ntrust_remote_code: true\n")
+    model, _ = load_model(HyperParams.from_hparams(on))
+    assert type(model).__name__ == "DetoxCustomForCausalLM" and marker.exists()

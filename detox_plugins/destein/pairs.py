@@ -114,7 +114,7 @@ def load_pairs(path: Union[str, Path, None] = None) -> list[SteeringPair]:
     if text.lstrip().startswith("["):
         try:
             records = json.loads(text)
-        except json.JSONDecodeError as exc:
+        except (ValueError, RecursionError) as exc:  # bad JSON, digit limit, deep nesting
             raise DatasetError(f"{file}: not valid JSON ({exc}); use one JSON object per line") from None
         for i, record in enumerate(records):
             pairs.append(pair_from_mapping(record, f"{file} item {i}"))
@@ -124,9 +124,9 @@ def load_pairs(path: Union[str, Path, None] = None) -> list[SteeringPair]:
                 continue
             try:
                 record = json.loads(line)
-            except json.JSONDecodeError as exc:
+            except (ValueError, RecursionError) as exc:  # bad JSON, digit limit, deep nesting
                 raise DatasetError(
-                    f"{file}:{lineno}: not valid JSON ({exc.msg}); each line must be one object like "
+                    f"{file}:{lineno}: not valid JSON ({getattr(exc, 'msg', exc)}); each line must be one object like "
                     f"{{\"toxic\": \"...\", \"nontoxic\": \"...\"}}") from None
             pairs.append(pair_from_mapping(record, f"{file}:{lineno}"))
     if not pairs:

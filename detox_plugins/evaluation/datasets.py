@@ -162,8 +162,8 @@ def _read_json(path: Path) -> Any:
         raise DatasetError(f"dataset file {str(path)!r} not found")
     try:
         return json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DatasetError(f"{path}: not valid UTF-8 JSON ({exc})") from exc
+    except (ValueError, RecursionError) as exc:  # bad UTF-8 or JSON, digit limit, deep nesting
+        raise DatasetError(f"{path}: not valid UTF-8 JSON ({' '.join(str(exc).split())[:200]})") from None
 
 
 def load_safeedit(path: str | Path) -> list[SafeEditCase]:
@@ -205,7 +205,7 @@ def read_jsonl(path: str | Path, required: Sequence[str] = ("prompt",)) -> list[
             continue
         try:
             row = json.loads(line)
-        except json.JSONDecodeError as exc:
+        except (ValueError, RecursionError) as exc:  # bad JSON, digit limit, deep nesting
             raise DatasetError(f"{path} line {number}: not valid JSON ({exc})") from exc
         if not isinstance(row, dict):
             raise DatasetError(f"{path} line {number}: each line must be a JSON object")
