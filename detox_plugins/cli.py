@@ -202,10 +202,10 @@ def cmd_edit_pipeline(args: argparse.Namespace) -> int:
     out = getattr(args, "out", None)
     if out and Path(out).exists() and not getattr(args, "overwrite", False):
         raise DetoxError(f"{out} already exists; choose a new folder or pass --overwrite")
-    model, tokenizer, _ = load_model_for(args, default=pipeline.model_spec())
+    model, tokenizer, applied = load_model_for(args, default=pipeline.model_spec())
     before = model_fingerprint(model)
     print(f"pipeline {pipeline.name} ({len(pipeline.steps)} steps) from {pipeline.source}")
-    composed = run_pipeline(pipeline, model, tokenizer)
+    composed = run_pipeline(pipeline, model, tokenizer, context=applied)  # --edit DIRs: checked, not included
     rows = describe_edit(composed)
     _print_steps(rows, composed.metadata.get("step_labels", []), composed.metadata.get("step_seconds", []))
     summary: dict[str, Any] = {"pipeline": pipeline.record(), "steps": rows, "fingerprint_before": before,

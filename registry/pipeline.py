@@ -241,6 +241,7 @@ def prepare_step(spec: Any, index: int, *, source: str = "<pipeline>", base_dir:
     label = spec.get("name")
     if label is not None and not isinstance(label, str):
         raise HyperParamsError(f"{where}: 'name' must be a string, got {label!r}")
+    context = f"{where} ({label or editor_class.name})"
     label = label or f"step {index + 1} ({editor_class.name})"
     allowed = {**STEP_KEYS, **dict(getattr(editor_class, "spec_keys", {}) or {})}
     for key in spec:
@@ -253,7 +254,7 @@ def prepare_step(spec: Any, index: int, *, source: str = "<pipeline>", base_dir:
     try:
         inputs = editor.read_spec(inputs_spec, base_dir=base_dir)
     except DetoxError as exc:
-        raise _with_context(exc, f"{where} ({label})") from None
+        raise _with_context(exc, context) from None
     return PipelineStep(index=index, label=label, source=hp_source, editor=editor, inputs=inputs,
                         spec=dict(inputs_spec))
 
@@ -327,27 +328,34 @@ def plan(steps: Sequence[PipelineStep], model: Any) -> list[StepFootprint]:
 
 
 def run_pipeline(pipeline: Pipeline, model: Any = None, tokenizer: Any = None, *, check_conflicts: bool = True,
-                 metadata: Optional[dict[str, Any]] = None) -> ComposedEdit:
-    """Run every step of ``pipeline`` on ``model`` (loaded from the pipeline when None)."""
+                 metadata: Optional[dict[str, Any]] = None, context: Sequence[Edit] = ()) -> ComposedEdit:
+    """Run every step of ``pipeline`` on ``model`` (loaded from the pipeline when None).
+
+    ``context``: edits already on the model (e.g. ``--edit DIR``) that the steps are checked against
+    but that are not part of the result."""
     if model is None:
         model, tokenizer = load_model_for_steps(pipeline.steps, pipeline.model_name)
     extra = {"pipeline": pipeline.record(), **(metadata or {})}
-    return run_steps(pipeline.steps, model, tokenizer, check_conflicts=check_conflicts, metadata=extra)
+    return run_steps(pipeline.steps, model, tokenizer, check_conflicts=check_conflicts, metadata=extra,
+                     context=context)
 
 
 def run_steps(steps: Sequence[PipelineStep], model: Any, tokenizer: Any, *, prior: Sequence[Edit] = (),
-              check_conflicts: bool = True, metadata: Optional[dict[str, Any]] = None) -> ComposedEdit:
+              check_conflicts: bool = True, metadata: Optional[dict[str, Any]] = None,
+              context: Sequence[Edit] = ()) -> ComposedEdit:
     """Run ``steps`` in order after the already-applied ``prior`` edits; all or nothing.
 
     Conflicts predicted from the hparams are refused before anything changes. Each step's actual
     footprint is checked right after it runs. Any failure undoes the steps run here, newest first.
+    ``prior`` edits become the first steps of the result; ``context`` edits are only checked against.
     """
     if model is None:
         raise EditError("no model to run the steps on; pass model= (and tokenizer=)")
     if not steps:
         raise EditError("no steps to run; a pipeline needs at least one step")
     prior = list(prior)
-    seen = applied_footprints(prior)
+    seen = [StepFootprint(f"--edit {s.label}", s.footprint, s.stackable) for s in applied_footprints(context)]
+    seen += applied_footprints(prior)
     if check_conflicts:
         planned = plan(steps, model)
         for entry in planned:

@@ -121,7 +121,7 @@ def test_a_pipeline_file_resolves_relative_paths_and_merges_overrides(reg, tmp_p
     ({"steps": [{"hparams": dinm(), "override": {"num_step": 3}}]},
      r"\+ override\): unknown key 'num_step' for DINMHyperParams; did you mean 'num_steps'"),
     ({"steps": [{"hparams": dinm(), "override": "lr=1"}]}, r"'override' must be a mapping"),
-    ({"steps": [{"hparams": dinm()}]}, r"step 1 \(step 1 \(DINM\)\): a DINM step needs 'cases:'"),
+    ({"steps": [{"hparams": dinm()}]}, r"p\.yaml step 1 \(DINM\): a DINM step needs 'cases:'"),
     ({"steps": [{"hparams": dinm(), "cases": "safeedit-sample", "case_id": 999}]}, r"no case with id '999'"),
     ({"steps": [{"hparams": dinm(), "cases": "safeedit-sample", "requests": [CASE]}]}, r"either 'cases:' or"),
     ({"steps": [{"hparams": dinm(), "requests": [{"prompt": "x"}]}]}, r"missing target_new"),
@@ -464,6 +464,24 @@ def test_cli_rejects_a_conflicting_pipeline_before_loading_anything_else(reg, mo
     assert main(["edit", "--pipeline", str(path), "--model", str(model_folder), "--out", str(tmp_path / "x")]) == 2
     assert "these edits conflict (nothing was changed)" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_cli_checks_a_pipeline_against_the_edits_applied_first(reg, model_folder, tmp_path, capsys):
+    from detox_plugins.cli import main
+
+    from registry.models import load_model
+
+    model, tokenizer = load_model(str(model_folder))
+    hook = registry.get_editor("DeStein")(destein(fusion="rotate", apply="hook")).edit(model, tokenizer, PAIRS)
+    hook.save(tmp_path / "steer")
+    path = tmp_path / "weights.yaml"
+    path.write_text(yaml.safe_dump({"steps": [
+        {"hparams": dinm(layers=[1], rewrite_module_tmp=O_PROJ), "requests": [CASE]}]}))
+    argv = ["edit", "--pipeline", str(path), "--model", str(model_folder), "--out", str(tmp_path / "x")]
+    assert main([*argv, "--edit", str(tmp_path / "steer")]) == 2
+    assert "step 1 (DINM) vs --edit edit 1 (DeStein)" in capsys.readouterr().err
+    assert main(argv) == 0  # without the steering edit underneath it is fine
+    assert "step-00-dinm" in json.loads((tmp_path / "x" / "manifest.json").read_text())["steps"]
 
 
 # ---------------------------------------------------------------------- the embedded model
