@@ -82,10 +82,10 @@ def test_shipped_pipelines_parse_and_name_their_steps(reg):
     assert {"detox-all", "sv-finetune-then-dinm"} <= set(shipped)
     assert not any("pipelines" in name for name in registry.shipped_hparams())  # not mistaken for hparams
     detox = load_pipeline("detox-all")
-    assert [s.editor_name for s in detox.steps] == ["DINM", "DeStein"]
+    assert [s.editor_name for s in detox.steps] == ["DeStein", "DINM"]
     assert detox.model_name == "smollm2-135m-instruct"
-    assert [r.case_id for r in detox.steps[0].inputs] == [0]
-    assert detox.steps[1].editor.hparams.apply == "bias_fold" and detox.steps[1].editor.hparams.progress is False
+    assert [r.case_id for r in detox.steps[1].inputs] == [0]
+    assert detox.steps[0].editor.hparams.apply == "bias_fold" and detox.steps[0].editor.hparams.progress is False
     sv = load_pipeline("sv-finetune-then-dinm")
     assert [s.editor_name for s in sv.steps] == ["SecurityVectors", "DINM"]
     step = sv.steps[0].inputs
@@ -487,15 +487,15 @@ def test_cli_checks_a_pipeline_against_the_edits_applied_first(reg, model_folder
 # ---------------------------------------------------------------------- the embedded model
 @pytest.mark.integration
 def test_detox_all_on_the_embedded_model_reverts_bit_for_bit(real_registry, embedded_model, monkeypatch, tmp_path):
-    """hparams/pipelines/detox-all.yaml as shipped: DINM then DeStein, saved, replayed, reverted."""
+    """hparams/pipelines/detox-all.yaml as shipped: DeStein then DINM, saved, replayed, reverted."""
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     model, tokenizer = embedded_model
     before = state(model)
     composed = run_pipeline(load_pipeline("detox-all"), model, tokenizer)
     rows = composed.describe()
-    assert [r["editor"] for r in rows] == ["DINM", "DeStein"]
-    assert rows[0]["footprint"]["writes"][0].endswith("mlp.down_proj.weight")
-    assert len(rows[1]["footprint"]["writes"]) == 15  # layers 8-22
+    assert [r["editor"] for r in rows] == ["DeStein", "DINM"]
+    assert rows[1]["footprint"]["writes"][0].endswith("mlp.down_proj.weight")
+    assert len(rows[0]["footprint"]["writes"]) == 15  # layers 8-22
     edited = state(model)
     out = composed.save(tmp_path / "detox-all")
     composed.revert()
