@@ -10,7 +10,7 @@ from typing import Any, Sequence
 
 import torch
 
-from registry import EditError, Editor, EditRequest, ParameterEdit, normalise_requests
+from registry import EditError, Editor, EditRequest, Footprint, ParameterEdit, normalise_requests
 
 from .hparams import FTHyperParams
 
@@ -49,6 +49,11 @@ class FTEditor(Editor):
         metadata["losses"] = {"first": losses[0], "last": losses[-1], "steps": len(losses)}
         logger.info("FT: loss %.4f -> %.4f in %d steps", losses[0], losses[-1], len(losses))
         return ParameterEdit.apply_deltas(model, deltas, metadata)  # W0 + delta, revertible bit for bit
+
+    def planned_targets(self, model: Any, inputs: Any = None) -> Footprint:
+        """For pipelines: the tensors ``edit`` will change (as ``W0 + delta``), known before it runs, so
+        conflicts are found first and a bad template fails before any step. ``requests:`` is the base's."""
+        return Footprint.of(writes=self.target_weights(model), additive=True)
 
     def target_weights(self, model: Any) -> dict[str, torch.Tensor]:
         """Every parameter whose name contains ``rewrite_module_tmp.format(layer)`` (EasyEdit's rule)."""
