@@ -33,28 +33,37 @@ ROOT = Path(__file__).resolve().parents[1]
 QUICK_LIMIT = 5
 
 
-def plan(out: Path, work: Path, limit: int | None) -> dict[str, list[str]]:
+def plan(out: Path, work: Path, limit: int | None, threads: int = 1) -> dict[str, list[str]]:
     """Script name -> arguments (after ``python benchmarks/<name>.py``)."""
     quick = limit is not None
+    t = str(threads)
     scripts: dict[str, list[str]] = {
-        "quality": ["--make-default-edits", str(work), "--json", str(out / "quality.json"), "--threads", "1"],
-        "localization": ["--cases", "18", "--json", str(out / "localization.json"), "--threads", "1"],
-        "destein_probes": ["--json", str(out / "destein_probes.json"), "--threads", "1"],
-        "dinm_speed": ["--limit", "3", "--threads", "1", "--json", str(out / "dinm_speed.json")],
-        "destein_speed": ["--limit", "8", "--max-new-tokens", "32", "--repeats", "8", "--threads", "1",
+        "quality": ["--make-default-edits", str(work), "--json", str(out / "quality.json"), "--threads", t],
+        "localization": ["--cases", "18", "--json", str(out / "localization.json"), "--threads", t],
+        "destein_probes": ["--json", str(out / "destein_probes.json"), "--threads", t],
+        "dinm_speed": ["--limit", "3", "--threads", t, "--json", str(out / "dinm_speed.json")],
+        "destein_speed": ["--limit", "8", "--max-new-tokens", "32", "--repeats", "8", "--threads", t,
                           "--json", str(out / "destein_speed.json")],
-        "sv_speed": ["--steps", "4", "--rounds", "3", "--threads", "1", "--json", str(out / "sv_speed.json")],
+        "sv_speed": ["--steps", "4", "--rounds", "3", "--threads", t, "--json", str(out / "sv_speed.json")],
     }
     if quick:
         scripts["quality"] += ["--limit", str(limit), "--rtp-samples", "5"]
         scripts["localization"] += ["--limit", str(min(limit, 18))]
         scripts["destein_probes"] += ["--limit", "1"]
-        scripts["dinm_speed"] = ["--limit", "1", "--configs", "improved", "compat", "--threads", "1",
+        scripts["dinm_speed"] = ["--limit", "1", "--configs", "improved", "compat", "--threads", t,
                                  "--json", str(out / "dinm_speed.json")]
         scripts["destein_speed"] = ["--limit", "4", "--max-new-tokens", "8", "--repeats", "2", "--step-blocks", "4",
-                                    "--step-reps", "5", "--threads", "1", "--json", str(out / "destein_speed.json")]
-        scripts["sv_speed"] = ["--steps", "2", "--rounds", "1", "--threads", "1", "--json", str(out / "sv_speed.json")]
+                                    "--step-reps", "5", "--threads", t, "--json", str(out / "destein_speed.json")]
+        scripts["sv_speed"] = ["--steps", "2", "--rounds", "1", "--threads", t, "--json", str(out / "sv_speed.json")]
     return scripts
+
+
+def _short(path: Path) -> Path:
+    """``path`` relative to the repository (the scripts run there) when it is inside, for readable commands."""
+    try:
+        return path.relative_to(ROOT)
+    except ValueError:
+        return path
 
 
 def _git_commit() -> str | None:
@@ -78,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, help="cap item counts at N and use the small speed settings")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="results folder")
     parser.add_argument("--work", help="where the default edits are saved (default OUT/edits, not committed)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads per script (default 1; 2 only on an otherwise idle 2-core machine)")
     parser.add_argument("--only", nargs="+", help="run only these scripts")
     parser.add_argument("--skip", nargs="+", default=[], help="leave these scripts out")
     args = parser.parse_args(argv)
@@ -87,15 +98,15 @@ def main(argv: list[str] | None = None) -> int:
 
     from tqdm.auto import tqdm
 
-    out = Path(args.out).resolve()
-    work = Path(args.work).resolve() if args.work else out / "edits"
-    (out / "logs").mkdir(parents=True, exist_ok=True)
-    scripts = plan(out, work, limit)
+    out = _short(Path(args.out).resolve())
+    work = _short(Path(args.work).resolve()) if args.work else out / "edits"
+    (ROOT / out / "logs").mkdir(parents=True, exist_ok=True)
+    scripts = plan(out, work, limit, args.threads)
     unknown = sorted((set(args.only or []) | set(args.skip)) - set(scripts))
     if unknown:
         parser.error(f"unknown script(s) {', '.join(unknown)}; the scripts are {', '.join(scripts)}")
     names = [n for n in scripts if (not args.only or n in args.only) and n not in args.skip]
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(args.threads)),
            "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": os.pathsep.join(
                [str(ROOT)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []))}
     record: dict[str, Any] = {
@@ -114,9 +125,9 @@ def main(argv: list[str] | None = None) -> int:
         command = [sys.executable, str(ROOT / "benchmarks" / f"{name}.py"), *scripts[name]]
         shown = " ".join(["python", f"benchmarks/{name}.py",
                           *[a.replace(str(ROOT) + os.sep, "") for a in scripts[name]]])
-        log = out / "logs" / f"{name}.log"
+        log = ROOT / out / "logs" / f"{name}.log"
         t0 = time.perf_counter()
-        with (out / f"{name}.md").open("w", encoding="utf-8") as stdout, log.open("w", encoding="utf-8") as stderr:
+        with (ROOT / out / f"{name}.md").open("w", encoding="utf-8") as stdout, log.open("w", encoding="utf-8") as stderr:
             rc = subprocess.run(command, cwd=ROOT, env=env, stdout=stdout, stderr=stderr).returncode
         seconds = time.perf_counter() - t0
         record["scripts"].append({"name": name, "command": shown, "rc": rc, "seconds": round(seconds, 1)})
@@ -127,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             tqdm.write(f"{name}: {seconds:.0f} s", file=sys.stderr)
         record["total_s"] = round(time.perf_counter() - start, 1)
-        (out / "run_all.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        (ROOT / out / "run_all.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     bar.close()
     total = time.perf_counter() - start
     print(f"\n{record['mode']} benchmark run{' (limit ' + str(limit) + ')' if limit else ''}: "

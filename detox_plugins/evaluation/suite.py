@@ -195,7 +195,7 @@ def caption(result: dict[str, Any]) -> str:
         f"{s['benign_max_new_tokens']}, GSM8K {s['gsm8k_max_new_tokens']} (exact match of the final number).",
         f"RTP challenging: {s['rtp_samples']} samples per prompt, top-p {s['top_p']}, top-k 0, T 1, "
         f"{s['rtp_max_new_tokens']} new tokens, no chat template, seed {s['seed']}; PPL scored by the unedited model.",
-        "Judges: " + "; ".join(f"{k} {v}" for k, v in meta.get("judges", {}).items()) + ".",
+        "Judges: " + "; ".join(f"{k} {v}" for k, v in sorted(meta.get("judges", {}).items())) + ".",
     ]
     if result.get("skipped"):
         parts.append("Skipped: " + "; ".join(f"{k} ({v})" for k, v in result["skipped"].items()) + ".")

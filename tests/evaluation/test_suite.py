@@ -320,3 +320,40 @@ def test_report_help_and_errors(capsys, tmp_path) -> None:
     args = _parse(["report", "--edit", str(tmp_path / "nope")])
     with pytest.raises(ManifestError):
         args.func(args)  # fails on the edit folder before any model is loaded
+
+
+# ---------------------------------------------------------------------- the README generator
+
+
+def _readme_generator() -> Any:
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "make_readme_results.py"
+    spec = importlib.util.spec_from_file_location("make_readme_results", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
+
+
+def test_readme_section_is_generated_from_the_suite_json(tiny, tmp_path) -> None:
+    model, tokenizer = tiny
+    settings = _settings(_write_sources(tmp_path / "data"), harmbench=1, donotanswer=0, rtp=0, gsm8k=1)
+    result = suite.run_suite(model, tokenizer, [suite.SuiteConfig("base")], settings, progress=False)
+    results = tmp_path / "results"
+    result.write(results / "quality.json")
+    gen = _readme_generator()
+    section = gen.render(results)
+    assert result.table() in section and result.caption() in section
+
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n\nintro\n\n{gen.START}\nold text\n{gen.END}\n\nafter\n", encoding="utf-8")
+    argv = ["--results", str(results), "--readme", str(readme)]
+    assert gen.main([*argv, "--check"]) == 1
+    assert gen.main(argv) == 0
+    text = readme.read_text(encoding="utf-8")
+    assert "old text" not in text and result.table() in text
+    assert text.startswith("# x\n\nintro\n\n") and text.endswith(f"{gen.END}\n\nafter\n")
+    assert gen.main([*argv, "--check"]) == 0
+    readme.write_text("no markers\n", encoding="utf-8")
+    with pytest.raises(SystemExit, match="results:start"):
+        gen.main(argv)
