@@ -12,8 +12,8 @@ edits under WORKDIR and evaluates them after ``base``:
 
 - ``dinm``: DINM on shipped SafeEdit case 0, hparams DINM/smollm2-135m (as ``detox demo``);
 - ``destein``: DeStein vectors from the 20 shipped pairs, hparams DeStein/smollm2-135m;
-- ``dinm+destein``: the DINM edit, then DeStein vectors built on the DINM-edited model, saved as
-  one composed edit (``registry.compose``).
+- ``detox-all``: the shipped pipeline hparams/pipelines/detox-all.yaml (DeStein, then DINM trained
+  on the steered model), saved as one composed edit.
 
 Prints the caption and a markdown table (rows: configurations; columns: metrics); writes the JSON
 summary and every answer to ``<json>.items.jsonl``.
@@ -83,7 +83,7 @@ def make_default_edits(workdir: str | Path, model: Any, tokenizer: Any) -> list[
     plan = {
         "dinm": lambda: [_dinm_edit(model, tokenizer)],
         "destein": lambda: [_destein_edit(model, tokenizer)],
-        "dinm+destein": lambda: _composed_steps(model, tokenizer),
+        "detox-all": lambda: [_pipeline_edit("detox-all", model, tokenizer)],
     }
     for name, build in plan.items():
         folder = workdir / name
@@ -107,14 +107,10 @@ def make_default_edits(workdir: str | Path, model: Any, tokenizer: Any) -> list[
     return specs
 
 
-def _composed_steps(model: Any, tokenizer: Any) -> list[Any]:
-    first = _dinm_edit(model, tokenizer)
-    try:
-        second = _destein_edit(model, tokenizer)  # vectors built on the DINM-edited model
-    except BaseException:
-        first.revert()
-        raise
-    return [first, second]
+def _pipeline_edit(name: str, model: Any, tokenizer: Any) -> Any:
+    from registry.pipeline import load_pipeline, run_pipeline
+
+    return run_pipeline(load_pipeline(name), model, tokenizer)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -125,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--edit", action="append", default=[], metavar="NAME=DIR",
                         help="a saved edit folder to evaluate as its own row (repeatable)")
     parser.add_argument("--make-default-edits", metavar="WORKDIR",
-                        help="create (if missing) and evaluate the dinm, destein and dinm+destein edits")
+                        help="create (if missing) and evaluate the dinm, destein and detox-all edits")
     parser.add_argument("--no-base", action="store_true", help="leave out the base-model row")
     parser.add_argument("--force", action="store_true", help="apply edits made for another model fingerprint")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
