@@ -38,14 +38,13 @@ from .compose import ComposedEdit, StepFootprint, applied_footprints, footprint_
 from .edits import Edit
 from .errors import DetoxError, EditError, HyperParamsError
 from .hparams import HPARAMS_SUFFIXES, HyperParams, read_hparams_file, resolve_hparams_path
+from .plugins import PIPELINES_FOLDER
 
 if TYPE_CHECKING:  # pragma: no cover
     from .editor import Editor
 
 logger = logging.getLogger(__name__)
 
-#: The folder of an editor's ``hparams_package`` holding shipped pipelines.
-PIPELINES_FOLDER = "pipelines"
 
 PIPELINE_KEYS: dict[str, str] = {
     "name": "Label of the pipeline (default: the file name).",
@@ -108,22 +107,11 @@ class Pipeline:
 # ---------------------------------------------------------------------- finding files
 def shipped_pipelines() -> dict[str, Path]:
     """``{"detox-all": path}`` for every pipeline shipped in an installed editor's hparams package."""
-    from importlib.resources import files
-
-    from .plugins import get_registry
+    from .plugins import hparams_packages
 
     found: dict[str, Path] = {}
-    packages: list[str] = []
-    for info in get_registry().list_editors():
-        pkg = getattr(info.editor_class, "hparams_package", None) if info.editor_class else None
-        if pkg and pkg not in packages:
-            packages.append(pkg)
-    for pkg in packages:
-        try:
-            folder = files(pkg) / PIPELINES_FOLDER
-        except (ModuleNotFoundError, TypeError) as exc:
-            logger.warning("hparams package %r is not importable: %s", pkg, exc)
-            continue
+    for _pkg, root in hparams_packages():
+        folder = root / PIPELINES_FOLDER
         if not folder.is_dir():
             continue
         for item in sorted(folder.iterdir(), key=lambda t: t.name):

@@ -319,31 +319,43 @@ def get_editor(name: str) -> type:
     return get_registry().get_editor(name)
 
 
-def shipped_hparams() -> dict[str, Path]:
-    """``{"DINM/smollm2-135m": path}`` for every YAML/JSON shipped by an installed editor."""
+#: The folder of an ``hparams_package`` holding pipeline files (registry.pipeline), not hparams.
+PIPELINES_FOLDER = "pipelines"
+
+
+def hparams_packages() -> list[tuple[str, Any]]:
+    """``(package, its files)`` for every importable ``hparams_package`` of an installed editor, in
+    registry order, each once; a package that cannot be imported is logged and skipped."""
     from importlib.resources import files
 
-    found: dict[str, Path] = {}
-    packages = []
+    names: list[str] = []
     for info in get_registry().list_editors():
         pkg = getattr(info.editor_class, "hparams_package", None) if info.editor_class else None
-        if pkg and pkg not in packages:
-            packages.append(pkg)
-    for pkg in packages:
+        if pkg and pkg not in names:
+            names.append(pkg)
+    found = []
+    for pkg in names:
         try:
-            root = files(pkg)
+            found.append((pkg, files(pkg)))
         except (ModuleNotFoundError, TypeError) as exc:
             logger.warning("hparams package %r is not importable: %s", pkg, exc)
-            continue
-        for sub in sorted(root.iterdir(), key=lambda t: t.name):
-            if not sub.is_dir() or sub.name.startswith(("_", ".")) or sub.name == "pipelines":
-                continue  # pipelines/ holds registry.pipeline files, not hparams
-            for item in sorted(sub.iterdir(), key=lambda t: t.name):
-                stem, dot, suffix = item.name.rpartition(".")
-                if dot and f".{suffix}" in (".yaml", ".yml", ".json") and item.is_file():
-                    found.setdefault(f"{sub.name}/{stem}", Path(str(item)))
     return found
 
+
+def shipped_hparams() -> dict[str, Path]:
+    """``{"DINM/smollm2-135m": path}`` for every YAML/JSON shipped by an installed editor."""
+    from .hparams import HPARAMS_SUFFIXES
+
+    found: dict[str, Path] = {}
+    for _pkg, root in hparams_packages():
+        for sub in sorted(root.iterdir(), key=lambda t: t.name):
+            if not sub.is_dir() or sub.name.startswith(("_", ".")) or sub.name == PIPELINES_FOLDER:
+                continue
+            for item in sorted(sub.iterdir(), key=lambda t: t.name):
+                stem, dot, suffix = item.name.rpartition(".")
+                if dot and f".{suffix}" in HPARAMS_SUFFIXES and item.is_file():
+                    found.setdefault(f"{sub.name}/{stem}", Path(str(item)))
+    return found
 
 
 def editor_origin(editor_class: type) -> tuple[str, str]:
