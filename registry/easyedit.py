@@ -43,7 +43,7 @@ import dataclasses
 import logging
 import re
 from pathlib import Path
-from typing import Any, Callable, Mapping, MutableMapping, Optional
+from typing import Any, Callable, Mapping, MutableMapping, Optional, Union
 
 from .edits import Edit
 from .errors import HyperParamsError
@@ -125,15 +125,16 @@ def original_tensors(edit: Edit) -> dict[str, Any]:
     return dict(edit.original_tensors())
 
 
-def apply_fn(name: str) -> ApplyFn:
-    """EasyEdit's ``apply_<alg>_to_model`` for the registered editor ``name`` (see the module doc).
+def apply_fn(name: Union[str, type]) -> ApplyFn:
+    """EasyEdit's ``apply_<alg>_to_model`` for the registered editor ``name``, or for an ``Editor``
+    class given directly (an editor's own module uses that, without the registry; see the module doc).
 
     The editor is looked up now, so an unknown name fails here (``EditorNotFoundError``) rather
     than inside EasyEdit's edit loop. A failing edit raises and leaves the model as it was.
     """
     from .plugins import get_editor
 
-    editor_class = get_editor(name)
+    editor_class = name if isinstance(name, type) else get_editor(name)
 
     def apply_to_model(model: Any, tok: Any, requests: Any, hparams: Any, copy: bool = False,
                        return_orig_weights: bool = False, keep_original_weight: bool = False,
