@@ -190,8 +190,10 @@ def safeedit_rows(cases: Iterable[SafeEditCase]) -> list[dict[str, Any]]:
 # --- Generic files ---------------------------------------------------------------------------
 
 
-def read_jsonl(path: str | Path, required: Sequence[str] = ("prompt",)) -> list[dict[str, Any]]:
-    """Read a JSONL file of objects; each must have string ``required`` fields (others are kept)."""
+def read_jsonl(path: str | Path, required: Sequence[str] = ("prompt",),
+               where_key: str | None = None) -> list[dict[str, Any]]:
+    """Read a JSONL file of objects; each must have string ``required`` fields (others are kept).
+    With ``where_key``, each row gets ``"<file> line N"`` under that key (unless it has one)."""
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"dataset file {str(path)!r} not found")
@@ -200,6 +202,8 @@ def read_jsonl(path: str | Path, required: Sequence[str] = ("prompt",)) -> list[
         lines = path.read_text(encoding="utf-8").splitlines()
     except UnicodeDecodeError as exc:
         raise DatasetError(f"{path}: not valid UTF-8 ({exc})") from exc
+    except OSError as exc:
+        raise DatasetError(f"cannot read {path}: {exc}") from exc
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
@@ -211,6 +215,8 @@ def read_jsonl(path: str | Path, required: Sequence[str] = ("prompt",)) -> list[
             raise DatasetError(f"{path} line {number}: each line must be a JSON object")
         for key in required:
             _require_text(row, key, f"{path} line {number}")
+        if where_key is not None:
+            row.setdefault(where_key, f"{path.name} line {number}")
         rows.append(row)
     return rows
 

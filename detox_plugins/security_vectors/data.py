@@ -10,7 +10,6 @@ before a model is touched.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from dataclasses import dataclass
@@ -89,26 +88,6 @@ def resolve_data_path(source: Union[str, Path]) -> Path:
     raise DatasetError(f"data file {str(source)!r} not found (neither a path nor a file shipped in detox_plugins/data)")
 
 
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    rows = []
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DatasetError(f"cannot read {path}: {exc}") from None
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DatasetError(f"{path} line {number}: not valid JSON ({exc.msg})") from None
-        if not isinstance(row, dict):
-            raise DatasetError(f"{path} line {number}: each line must be a JSON object with prompt and response")
-        row.setdefault("_where", f"{path.name} line {number}")
-        rows.append(row)
-    return rows
-
-
 def _row_from_any(item: Any, index: int, where: str) -> tuple[dict[str, Any], str]:
     from registry.editor import EditRequest
 
@@ -137,8 +116,10 @@ def load_rows(source: RowSource, *, harmful: Optional[bool] = None, tokenizer: A
     if source is None:
         raise DatasetError(f"no {what} given; pass a JSONL file of {{\"prompt\", \"response\"}} rows")
     if isinstance(source, (str, Path)):
+        from detox_plugins.evaluation.datasets import read_jsonl
+
         path = resolve_data_path(source)
-        raw: list[Any] = read_jsonl(path)
+        raw: list[Any] = read_jsonl(path, required=(), where_key="_where")
         where = str(path)
     elif isinstance(source, Mapping):
         raise DatasetError(f"{what}: expected a list of rows, got one dict; wrap it in a list")
