@@ -48,7 +48,11 @@ def _usable(folder: Path, fingerprint: str) -> bool:
         logger.warning("rebuilding %s: %s", folder, exc)
         return False
     if saved.payload == "composed":
-        first = load_edit(folder / saved.manifest["steps"][0])
+        try:
+            first = load_edit(saved.step_folders()[0])
+        except DetoxError as exc:
+            logger.warning("rebuilding %s: %s", folder, exc)
+            return False
         return first.fingerprint == fingerprint
     return saved.fingerprint == fingerprint
 

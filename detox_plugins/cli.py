@@ -256,15 +256,12 @@ def _saved_model_name(saved: Any) -> Optional[str]:
     """The hparams' model_name recorded in a saved edit (its first step for a composed one)."""
     from registry.edits import load_edit
 
-    manifest = saved.manifest
-    steps = manifest.get("steps")
-    if saved.payload == "composed" and isinstance(steps, list) and steps and isinstance(steps[0], str) \
-            and "/" not in steps[0] and not steps[0].startswith("."):
+    if saved.payload == "composed":
         try:
-            return _saved_model_name(load_edit(saved.path / steps[0]))
+            return _saved_model_name(load_edit(saved.step_folders()[0]))
         except DetoxError:
             return None
-    name = (manifest.get("hparams") or {}).get("model_name")
+    name = (saved.manifest.get("hparams") or {}).get("model_name")
     return name if isinstance(name, str) else None
 
 
@@ -317,7 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _add(sub, "edit", "Run an editor from a hyperparameter file (DINM on SafeEdit cases, DeStein vectors, a security vector), "
              "or several editors in order from a pipeline file.",
              "detox edit --hparams DINM/smollm2-135m --cases safeedit-sample --case-id 1 --out edits/dinm1\n"
-             "  detox edit --pipeline detox-all --out edits/detox-all   # DINM then DeStein, one composed edit", cmd_edit)
+             "  detox edit --pipeline detox-all --out edits/detox-all   # DeStein then DINM, one composed edit", cmd_edit)
     add_model_arguments(p)
     p.add_argument("--pipeline", metavar="FILE",
                    help="pipeline YAML (or shipped name: detox-all, sv-finetune-then-dinm): several editors in order")

@@ -277,19 +277,25 @@ class SavedEdit:
                 )
         return editor_class.apply_saved(model, self, tokenizer=tokenizer)
 
+    def step_folders(self) -> list[Path]:
+        """The step folders of a composed edit, in order (each a plain folder name inside ``path``)."""
+        steps = self.manifest.get("steps")
+        if not isinstance(steps, list) or not steps or not all(isinstance(s, str) for s in steps):
+            raise ManifestError(f"{self.path}: a composed edit needs a non-empty 'steps' list of folder names")
+        for name in steps:
+            if "/" in name or "\\" in name or name.startswith("."):
+                raise ManifestError(f"{self.path}: step folder {name!r} is not a plain folder name")
+        return [self.path / name for name in steps]
+
     def _apply_steps(self, model: Any, tokenizer: Any, *, force: bool) -> Edit:
         """Replay a composed edit step by step; a failing step undoes the ones before it."""
         from .compose import ComposedEdit
 
-        steps = self.manifest.get("steps")
-        if not isinstance(steps, list) or not steps or not all(isinstance(s, str) for s in steps):
-            raise ManifestError(f"{self.path}: a composed edit needs a non-empty 'steps' list of folder names")
+        folders = self.step_folders()
         applied: list[Edit] = []
         try:
-            for name in steps:
-                if "/" in name or "\\" in name or name.startswith("."):
-                    raise ManifestError(f"{self.path}: step folder {name!r} is not a plain folder name")
-                applied.append(load_edit(self.path / name).apply(model, tokenizer, force=force))
+            for folder in folders:
+                applied.append(load_edit(folder).apply(model, tokenizer, force=force))
         except BaseException:
             for step in reversed(applied):
                 step.revert()

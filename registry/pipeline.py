@@ -3,15 +3,15 @@
 A pipeline file (``hparams/pipelines/<name>.yaml`` when shipped, or any YAML/JSON file)::
 
     name: detox-all                      # optional (default: the file name)
-    description: DINM, then DeStein      # optional
+    description: DeStein, then DINM      # optional
     model_name: smollm2-135m-instruct    # optional (default: the first step's hparams' model_name)
     steps:
-      - hparams: DINM/smollm2-135m       # a shipped name, a path (relative to this file), or a mapping
-        cases: safeedit-sample           # inputs the editor reads (its ``spec_keys``)
-        case_id: 0
-      - hparams: DeStein/smollm2-135m
+      - hparams: DeStein/smollm2-135m    # a shipped name, a path (relative to this file), or a mapping
         override: {alpha: 0.3}           # merged into the hparams before validation
         name: steer                      # optional label
+      - hparams: DINM/smollm2-135m
+        cases: safeedit-sample           # inputs the editor reads (its ``spec_keys``)
+        case_id: 0
 
 Every key is checked like hyperparameters: an unknown key names the closest valid one, an unknown
 ``alg_name`` lists the installed editors, and each step's inputs are read and validated (files
