@@ -37,7 +37,7 @@ DINM_CASE_ID = 0
 
 def _usable(folder: Path, fingerprint: str) -> bool:
     """A saved edit in ``folder`` made for the model with ``fingerprint``."""
-    from registry.edits import load_edit
+    from registry.saved import load_edit
     from registry.errors import DetoxError
 
     if not (folder / "manifest.json").is_file():

@@ -100,7 +100,7 @@ class Protocol:
                 "examples": responses[:3]}
 
     def with_edits(self, folders: list[str], body: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-        from registry.edits import load_edit
+        from registry.saved import load_edit
 
         applied = [load_edit(self.work / f).apply(self.model) for f in folders]
         try:

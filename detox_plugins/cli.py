@@ -55,7 +55,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------- hparams
 def cmd_hparams_list(args: argparse.Namespace) -> int:
-    from registry.plugins import shipped_hparams
+    from registry.catalog import shipped_hparams
 
     shipped = shipped_hparams()
     if args.json:
@@ -101,7 +101,7 @@ def load_model_for(args: argparse.Namespace, default: Any = None) -> tuple[Any, 
     model, tokenizer = load_model(spec, dtype=getattr(args, "dtype", None), device=getattr(args, "device", None))
     applied = []
     for directory in getattr(args, "edit", None) or []:
-        from registry.edits import load_edit
+        from registry.saved import load_edit
 
         applied.append(load_edit(directory).apply(model, tokenizer, force=getattr(args, "force", False)))
         logger.info("applied edit %s", directory)
@@ -226,7 +226,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from registry.compose import describe_edit
-    from registry.edits import load_edit
+    from registry.saved import load_edit
     from registry.fingerprint import model_fingerprint
 
     saved = load_edit(args.directory)
@@ -254,7 +254,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
 
 def _saved_model_name(saved: Any) -> Optional[str]:
     """The hparams' model_name recorded in a saved edit (its first step for a composed one)."""
-    from registry.edits import load_edit
+    from registry.saved import load_edit
 
     if saved.payload == "composed":
         try:

@@ -1,17 +1,17 @@
 """The host side of detox-plugins: what any editing framework needs to discover and run editors.
 
-Plugin authors write ``from registry import hookimpl`` and implement ``register_editors(register)``.
-Importing this package is cheap: torch and transformers load only when a model is used.
+Plugin authors write ``from registry import hookimpl`` and implement ``register_editors(register)``
+(and, optionally, ``register_commands(register)``). Importing this package is cheap: torch and
+transformers load only when a model is used. docs/ARCHITECTURE.md shows the modules, bottom-up.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Union
-
-from .compose import ComposedEdit, ConflictError, Footprint, compose
-from .editor import KINDS, Editor, EditRequest, normalise_requests
-from .edits import Edit, ParameterEdit, SavedEdit, load_edit
+from .catalog import from_hparams, resolve_hparams_path, shipped_hparams, shipped_pipelines
+from .command import Command
+from .compose import ComposedEdit, ConflictError
+from .editor import KINDS, Editor
+from .edits import Edit, ParameterEdit
 from .errors import (
     DetoxError,
     EditError,
@@ -22,28 +22,24 @@ from .errors import (
     PluginError,
 )
 from .fingerprint import model_fingerprint
+from .footprint import Footprint
 from .hookspecs import hookimpl
-from .hparams import HyperParams, peek_alg_name, resolve_hparams_path
+from .hparams import HyperParams, peek_alg_name
+from .inputs import InputField
 from .models import load_model
-from .plugins import get_editor, get_registry, list_editors, load_editors, shipped_hparams
-from .pipeline import Pipeline, load_pipeline, run_pipeline, shipped_pipelines
-from . import easyedit  # noqa: E402  (the EasyEdit bridge; imports no torch)
+from .pipeline import Pipeline, compose, load_pipeline, run_pipeline
+from .plugins import get_editor, get_registry, list_commands, list_editors, load_editors
+from .requests import EditRequest, normalise_requests
+from .saved import SavedEdit, load_edit
+from . import easyedit
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "ConflictError", "Footprint", "Pipeline", "load_pipeline", "run_pipeline", "shipped_pipelines",
-    "KINDS", "ComposedEdit", "DetoxError", "Edit", "EditError", "EditRequest", "Editor", "EditorNotFoundError",
-    "HyperParams", "HyperParamsError", "ManifestError", "ModelLoadError", "ParameterEdit",
-    "PluginError", "SavedEdit", "compose", "from_hparams", "get_editor", "get_registry", "hookimpl",
-    "list_editors", "load_edit", "load_editors", "load_model", "model_fingerprint",
-    "normalise_requests", "shipped_hparams",
-    "easyedit",
+    "KINDS", "Command", "ComposedEdit", "ConflictError", "DetoxError", "Edit", "EditError", "EditRequest",
+    "Editor", "EditorNotFoundError", "Footprint", "HyperParams", "HyperParamsError", "InputField",
+    "ManifestError", "ModelLoadError", "ParameterEdit", "Pipeline", "PluginError", "SavedEdit", "compose",
+    "easyedit", "from_hparams", "get_editor", "get_registry", "hookimpl", "list_commands", "list_editors",
+    "load_edit", "load_editors", "load_model", "load_pipeline", "model_fingerprint", "normalise_requests",
+    "peek_alg_name", "resolve_hparams_path", "run_pipeline", "shipped_hparams", "shipped_pipelines",
 ]
-
-
-def from_hparams(path_or_name: Union[str, Path]) -> HyperParams:
-    """Load a YAML/JSON file (or shipped name) into the hparams class of the editor its alg_name names."""
-    path = resolve_hparams_path(path_or_name)
-    editor_class = get_editor(peek_alg_name(path))
-    return editor_class.hparams_class.from_hparams(path)

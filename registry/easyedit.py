@@ -45,9 +45,11 @@ import re
 from pathlib import Path
 from typing import Any, Callable, Mapping, MutableMapping, Optional, Union
 
+from .editor import Editor
 from .edits import Edit
 from .errors import HyperParamsError
 from .hparams import HyperParams
+from .plugins import get_editor, load_editors
 
 logger = logging.getLogger(__name__)
 
@@ -105,8 +107,8 @@ def coerce_easyedit_hparams(editor_class: type, hparams: Any) -> HyperParams:
     return editor_class.coerce_hparams(editor_class.hparams_class.from_dict(data, source=source))
 
 
-def _with_overrides(editor_class: type, hp: HyperParams) -> HyperParams:
-    overrides = dict(getattr(editor_class, "easyedit_overrides", None) or {})
+def _with_overrides(editor_class: type[Editor], hp: HyperParams) -> HyperParams:
+    overrides = dict(editor_class.easyedit_overrides or {})
     current = hp.to_dict()
     changes = {k: v for k, v in overrides.items() if current.get(k) != v}
     return hp.replace(**changes) if changes else hp
@@ -132,8 +134,6 @@ def apply_fn(name: Union[str, type]) -> ApplyFn:
     The editor is looked up now, so an unknown name fails here (``EditorNotFoundError``) rather
     than inside EasyEdit's edit loop. A failing edit raises and leaves the model as it was.
     """
-    from .plugins import get_editor
-
     editor_class = name if isinstance(name, type) else get_editor(name)
 
     def apply_to_model(model: Any, tok: Any, requests: Any, hparams: Any, copy: bool = False,
@@ -166,8 +166,6 @@ def install(alg_dict: MutableMapping[str, Any], *, overwrite: bool = False,
     Keys are the editors' canonical names (EasyEdit looks up ``ALG_DICT[hparams.alg_name]``).
     An existing key is kept unless ``overwrite``. Returns the names added, in order.
     """
-    from .plugins import get_editor, load_editors
-
     classes = {n: get_editor(n) for n in names} if names is not None else load_editors()
     added = []
     for editor_class in sorted(set(classes.values()), key=lambda c: c.name.lower()):

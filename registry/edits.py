@@ -11,11 +11,11 @@ import logging
 import os
 import shutil
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Mapping, Optional, Protocol
 
-from .errors import EditError, EditorNotFoundError, ManifestError
+from .errors import EditError
+from .footprint import Footprint
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -57,6 +57,16 @@ class Edit(abc.ABC):
 
     def write_extra(self, directory: Path) -> list[str]:
         """Write files other than tensors (e.g. a peft adapter); return their relative names."""
+        return []
+
+    def footprint(self) -> Optional[Footprint]:
+        """What this edit changed and what its result depends on, for the conflict checks of
+        ``registry.compose`` and for ``detox apply``; ``None`` = this edit does not say (the checks then
+        cannot see it). ``ParameterEdit`` reports its deltas."""
+        return None
+
+    def summary(self) -> list[str]:
+        """A few lines for a person, printed by ``detox edit`` after the edit (default: none)."""
         return []
 
     def original_tensors(self) -> dict[str, "torch.Tensor"]:
@@ -106,6 +116,8 @@ class Edit(abc.ABC):
             manifest["tensors"] = sorted(tensors)
             manifest["tensor_shapes"] = {k: list(v.shape) for k, v in tensors.items()}
             manifest["files"] = self.write_extra(staging)
+            footprint = self.footprint()
+            manifest["footprint"] = None if footprint is None else footprint.to_dict()
             save_file(tensors, str(staging / TENSORS_NAME), metadata={
                 "format": FORMAT_NAME, "editor": self.editor, "payload": self.payload,
             })
@@ -154,15 +166,18 @@ class ParameterEdit(Edit):
     payload = PARAMETER_DELTA
 
     def __init__(self, model: Any, originals: dict[str, "torch.Tensor"], deltas: dict[str, "torch.Tensor"],
-                 metadata: Mapping[str, Any]) -> None:
+                 metadata: Mapping[str, Any], *, stackable: bool = False) -> None:
         super().__init__(model, metadata)
         self.originals = originals
         self.deltas = deltas
+        self.stackable = stackable
 
     @classmethod
     def apply_deltas(cls, model: Any, deltas: Mapping[str, "torch.Tensor"],
-                     metadata: Mapping[str, Any]) -> "ParameterEdit":
-        """Check every name and shape first, then apply all deltas; on any failure restore all."""
+                     metadata: Mapping[str, Any], *, stackable: bool = False) -> "ParameterEdit":
+        """Check every name and shape first, then apply all deltas; on any failure restore all.
+
+        ``stackable``: later additive edits of the same tensors are allowed (see ``Footprint``)."""
         import torch
 
         if not deltas:
@@ -195,7 +210,7 @@ class ParameterEdit(Edit):
                 for name, original in originals.items():
                     targets[name].copy_(original)
             raise
-        return cls(model, originals, stored, metadata)
+        return cls(model, originals, stored, metadata, stackable=stackable)
 
     def _revert(self) -> None:
         import torch
@@ -215,174 +230,23 @@ class ParameterEdit(Edit):
     def tensors(self) -> dict[str, "torch.Tensor"]:
         return dict(self.deltas)
 
+    def footprint(self) -> Footprint:
+        return Footprint.of(writes=self.deltas, additive=True, stackable=self.stackable)
+
     def original_tensors(self) -> dict[str, "torch.Tensor"]:
         return dict(self.originals)
 
 
-# ---------------------------------------------------------------------- saved edits
-@dataclass
-class SavedEdit:
-    """An edit read from disk, not yet applied. ``apply(model)`` returns the applied ``Edit``."""
+class SavedPayload(Protocol):
+    """What ``Editor.apply_saved`` reads of a saved edit (``registry.saved.SavedEdit`` is one)."""
 
     path: Path
     manifest: dict[str, Any]
     tensors: dict[str, "torch.Tensor"]
 
     @property
-    def editor(self) -> str:
-        return str(self.manifest["editor"])
+    def payload(self) -> str: ...
 
-    @property
-    def payload(self) -> str:
-        return str(self.manifest["payload"])
+    def metadata_for_apply(self) -> dict[str, Any]: ...
 
-    @property
-    def fingerprint(self) -> Optional[str]:
-        return (self.manifest.get("model") or {}).get("fingerprint")
-
-    def metadata_for_apply(self) -> dict[str, Any]:
-        skip = {"format", "format_version", "payload", "created", "tensors", "tensor_shapes", "files"}
-        return {k: v for k, v in self.manifest.items() if k not in skip}
-
-    def apply(self, model: Any, tokenizer: Any = None, *, force: bool = False) -> Edit:
-        from .fingerprint import model_fingerprint
-        from .plugins import get_registry
-
-        if self.payload == "composed":
-            return self._apply_steps(model, tokenizer, force=force)
-        registry = get_registry()
-        try:
-            editor_class = registry.get_editor(self.editor)
-        except EditorNotFoundError:
-            dist = self.manifest.get("distribution") or "the distribution that provides it"
-            raise ManifestError(
-                f"{self.path}: editor {self.editor!r} is not installed; pip install {dist}"
-            ) from None
-        info = registry.editors()[self.editor.lower()]
-        saved_version = str(self.manifest.get("editor_version") or "")
-        if not _versions_compatible(saved_version, info.version):
-            raise ManifestError(
-                f"{self.path}: saved by {self.editor} {saved_version}, installed {info.version} is "
-                f"incompatible; install {info.distribution}=={saved_version} or redo the edit"
-            )
-        expected = self.fingerprint
-        if expected and not force:
-            actual = model_fingerprint(model)
-            if actual != expected:
-                saved_model = (self.manifest.get("model") or {}).get("name_or_path", "?")
-                raise ManifestError(
-                    f"{self.path}: this edit was made for model {saved_model} (fingerprint {expected}), "
-                    f"but the given model's fingerprint is {actual}; load that model, or pass force=True "
-                    f"(--force) to apply anyway"
-                )
-        return editor_class.apply_saved(model, self, tokenizer=tokenizer)
-
-    def step_folders(self) -> list[Path]:
-        """The step folders of a composed edit, in order (each a plain folder name inside ``path``)."""
-        steps = self.manifest.get("steps")
-        if not isinstance(steps, list) or not steps or not all(isinstance(s, str) for s in steps):
-            raise ManifestError(f"{self.path}: a composed edit needs a non-empty 'steps' list of folder names")
-        for name in steps:
-            if "/" in name or "\\" in name or name.startswith("."):
-                raise ManifestError(f"{self.path}: step folder {name!r} is not a plain folder name")
-        return [self.path / name for name in steps]
-
-    def _apply_steps(self, model: Any, tokenizer: Any, *, force: bool) -> Edit:
-        """Replay a composed edit step by step; a failing step undoes the ones before it."""
-        from .compose import ComposedEdit
-
-        folders = self.step_folders()
-        applied: list[Edit] = []
-        try:
-            for folder in folders:
-                applied.append(load_edit(folder).apply(model, tokenizer, force=force))
-        except BaseException:
-            for step in reversed(applied):
-                step.revert()
-            raise
-        return ComposedEdit(model, applied, metadata=self.metadata_for_apply())
-
-
-def _versions_compatible(saved: str, installed: str) -> bool:
-    if not saved or not installed:
-        return True
-    from packaging.version import InvalidVersion, Version
-
-    try:
-        a, b = Version(saved), Version(installed)
-    except InvalidVersion:
-        return saved == installed
-    if a.major != b.major:
-        return False
-    return a.major > 0 or a.minor == b.minor
-
-
-REQUIRED_MANIFEST_KEYS = ("format", "format_version", "editor", "payload", "tensors")
-
-
-def load_edit(directory: str | os.PathLike[str]) -> SavedEdit:
-    """Read a saved edit folder (JSON + safetensors only; nothing is unpickled)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    path = Path(directory)
-    manifest_path = path / MANIFEST_NAME
-    if not path.is_dir():
-        raise ManifestError(f"{path} is not a folder; pass the folder an edit was saved to")
-    if not manifest_path.is_file():
-        raise ManifestError(f"{path} has no {MANIFEST_NAME}; it is not a saved edit (or its save was interrupted)")
-    try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, digit limit, deep nesting
-        raise ManifestError(f"{manifest_path} is not valid JSON: {' '.join(str(exc).split())[:200]}") from None
-    if not isinstance(manifest, dict):
-        raise ManifestError(f"{manifest_path}: expected a JSON object")
-    missing = [k for k in REQUIRED_MANIFEST_KEYS if k not in manifest]
-    if missing:
-        raise ManifestError(f"{manifest_path}: missing key(s) {', '.join(missing)}")
-    if manifest["format"] != FORMAT_NAME:
-        raise ManifestError(f"{manifest_path}: format {manifest['format']!r} is not {FORMAT_NAME!r}")
-    version = manifest["format_version"]
-    if not isinstance(version, int) or isinstance(version, bool) or version > FORMAT_VERSION or version < 1:
-        raise ManifestError(
-            f"{manifest_path}: format_version {version!r} is not supported (this build reads 1..{FORMAT_VERSION}); "
-            f"upgrade detox-plugins"
-        )
-    if not isinstance(manifest["editor"], str) or not isinstance(manifest["payload"], str):
-        raise ManifestError(f"{manifest_path}: 'editor' and 'payload' must be strings")
-    if manifest.get("model") is not None and not isinstance(manifest["model"], dict):
-        raise ManifestError(f"{manifest_path}: 'model' must be an object (fingerprint, name_or_path); the save is damaged")
-    names = manifest["tensors"]
-    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-        raise ManifestError(f"{manifest_path}: 'tensors' must be a list of names")
-    tensors_path = path / TENSORS_NAME
-    if not tensors_path.is_file():
-        raise ManifestError(f"{path} lacks {TENSORS_NAME}")
-    try:
-        tensors = load_file(str(tensors_path), device="cpu")
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise ManifestError(f"{tensors_path} is not a valid safetensors file: {exc}") from None
-    if sorted(tensors) != sorted(names):
-        raise ManifestError(f"{path}: the tensors on disk do not match the manifest's list; the save is damaged")
-    _check_tensors(path, manifest, tensors)
-    return SavedEdit(path=path, manifest=manifest, tensors=tensors)
-
-
-def _check_tensors(path: Path, manifest: Mapping[str, Any], tensors: Mapping[str, "torch.Tensor"]) -> None:
-    """Shapes as the manifest recorded them, and finite values: a damaged file never reaches a model."""
-    import torch
-
-    shapes = manifest.get("tensor_shapes")
-    if shapes is not None and not isinstance(shapes, Mapping):
-        raise ManifestError(f"{path}: 'tensor_shapes' must map tensor names to shapes; the save is damaged")
-    for name, tensor in tensors.items():
-        recorded = (shapes or {}).get(name)
-        if recorded is not None and recorded != list(tensor.shape):
-            raise ManifestError(
-                f"{path}: tensor {name!r} has shape {list(tensor.shape)} on disk but the manifest records "
-                f"{recorded!r}; the save is damaged, redo the edit"
-            )
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            raise ManifestError(
-                f"{path}: tensor {name!r} holds NaN or infinite values; the save is damaged, redo the edit"
-            )
+    def saved_footprint(self) -> Optional[Footprint]: ...

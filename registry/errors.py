@@ -29,15 +29,3 @@ class EditError(DetoxError, ValueError):
 
 class ManifestError(DetoxError):
     """A saved edit cannot be loaded or applied (bad manifest, wrong model, missing editor)."""
-
-
-class DatasetError(DetoxError, ValueError):
-    """A dataset file is missing, malformed, or lacks required fields."""
-
-
-class DatasetUnavailableError(DatasetError):
-    """An optional external dataset package is not installed; the message says how to install it."""
-
-
-class JudgeError(DetoxError, ValueError):
-    """An unknown judge name, or a judge whose optional dependency is missing."""

@@ -14,7 +14,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal, Mapping, TypeVar, Union
+from typing import Any, ClassVar, Literal, Mapping, Optional, Sequence, TypeVar, Union
 
 import yaml
 
@@ -76,9 +76,11 @@ class HyperParams:
 
     # ------------------------------------------------------------------ loading
     @classmethod
-    def from_hparams(cls: type[H], path_or_name: str | Path) -> H:
-        """Load from a YAML/JSON path (suffix optional) or a shipped name like ``DINM/smollm2-135m``."""
-        path = resolve_hparams_path(path_or_name)
+    def from_hparams(cls: type[H], path_or_name: str | Path, *,
+                     shipped: Optional[Mapping[str, Path]] = None) -> H:
+        """Load from a YAML/JSON path (suffix optional), or a name in ``shipped`` (``{"DINM/smollm2-135m":
+        path}``; ``registry.from_hparams`` passes every installed editor's shipped files)."""
+        path = resolve_hparams_path(path_or_name, shipped)
         return cls.from_dict(read_hparams_file(path), source=str(path))
 
     @classmethod
@@ -303,20 +305,41 @@ def _with_suffixes(path: Path) -> list[Path]:
     return [path.with_name(path.name + s) for s in HPARAMS_SUFFIXES]
 
 
-def resolve_hparams_path(path_or_name: str | Path) -> Path:
-    """A user file (suffix optional) first, then a shipped name such as ``DINM/smollm2-135m``."""
+def shipped_in_package(package: Optional[str], *, skip: Sequence[str] = ()) -> dict[str, Path]:
+    """``{"DINM/smollm2-135m": path}`` for the ``<ALG>/<model>.yaml`` files of one hparams package
+    (folders named in ``skip``, such as ``pipelines``, left out); ``{}`` when it cannot be imported."""
+    from importlib.resources import files
+
+    if not package:
+        return {}
+    try:
+        root = files(package)
+    except (ModuleNotFoundError, TypeError) as exc:
+        logger.warning("hparams package %r is not importable: %s", package, exc)
+        return {}
+    found: dict[str, Path] = {}
+    for sub in sorted(root.iterdir(), key=lambda t: t.name):
+        if not sub.is_dir() or sub.name.startswith(("_", ".")) or sub.name in skip:
+            continue
+        for item in sorted(sub.iterdir(), key=lambda t: t.name):
+            stem, dot, suffix = item.name.rpartition(".")
+            if dot and f".{suffix}" in HPARAMS_SUFFIXES and item.is_file():
+                found.setdefault(f"{sub.name}/{stem}", Path(str(item)))
+    return found
+
+
+def resolve_hparams_path(path_or_name: str | Path, shipped: Optional[Mapping[str, Path]] = None) -> Path:
+    """A user file (suffix optional) first, then a name in ``shipped`` such as ``DINM/smollm2-135m``."""
     raw = str(path_or_name).strip()
     if not raw:
         raise HyperParamsError("empty hyperparameter name; pass a file path or a name like DINM/smollm2-135m")
     for candidate in _with_suffixes(Path(raw).expanduser()):
         if candidate.is_file():
             return candidate
-    from .plugins import shipped_hparams  # late: plugins import editors which import us
-
-    shipped = shipped_hparams()
+    shipped = shipped or {}
     key = raw.replace("\\", "/")
-    for suffix in ("",) + HPARAMS_SUFFIXES:
-        if key.endswith(suffix) and suffix:
+    for suffix in HPARAMS_SUFFIXES:
+        if key.endswith(suffix):
             key = key[: -len(suffix)]
     matches = {name: p for name, p in shipped.items() if name.lower() == key.lower()}
     if matches:

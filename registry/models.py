@@ -14,12 +14,10 @@ import shutil
 import time
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional, Union
+from typing import Any, Optional, Union
 
 from .errors import ModelLoadError
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .hparams import HyperParams
+from .hparams import HyperParams
 
 logger = logging.getLogger(__name__)
 
@@ -117,7 +115,7 @@ def resolve_device(device: Union[int, str, None]) -> str:
 
 
 def load_model(
-    spec: Union["HyperParams", str, os.PathLike[str], None] = None,
+    spec: Union[HyperParams, str, os.PathLike[str], None] = None,
     *,
     dtype: Optional[str] = None,
     device: Union[int, str, None] = None,
@@ -131,8 +129,6 @@ def load_model(
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from .hparams import HyperParams
 
     if isinstance(spec, HyperParams):
         name: Optional[str] = spec.model_name

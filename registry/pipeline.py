@@ -15,9 +15,9 @@ A pipeline file (``hparams/pipelines/<name>.yaml`` when shipped, or any YAML/JSO
 
 Every key is checked like hyperparameters: an unknown key names the closest valid one, an unknown
 ``alg_name`` lists the installed editors, and each step's inputs are read and validated (files
-loaded, cases found) before a model is touched. Step inputs reach the editor through the generic
-hooks of ``registry.Editor`` (``spec_keys``, ``read_spec``, ``edit_from_spec``,
-``planned_targets``), so the host knows nothing about any editor.
+loaded, cases found) before a model is touched. Step inputs reach the editor through its declared
+``Editor.inputs`` and ``read_inputs``, and what it will change through ``planned_footprint``, so
+the host knows nothing about any editor.
 
 ``run_pipeline`` first predicts every step's footprint and refuses conflicting pipelines
 (``ConflictError``) before anything changes; then it runs the steps, checks each actual footprint
@@ -29,19 +29,21 @@ from __future__ import annotations
 
 import difflib
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence, Union
+from typing import Any, Mapping, Optional, Sequence, Union
 
-from .compose import ComposedEdit, StepFootprint, applied_footprints, footprint_of, raise_on_conflicts
+from .catalog import resolve_hparams_path, resolve_pipeline_path
+from .compose import ComposedEdit, StepFootprint, applied_footprints, leaf_edits, raise_on_conflicts, warn_unknown
+from .editor import Editor
 from .edits import Edit
 from .errors import DetoxError, EditError, HyperParamsError
-from .hparams import HPARAMS_SUFFIXES, HyperParams, read_hparams_file, resolve_hparams_path
-from .plugins import PIPELINES_FOLDER
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .editor import Editor
+from .hparams import HyperParams, read_hparams_file
+from .inputs import check_input_keys, resolve_input_paths
+from .models import load_model
+from .plugins import get_editor
 
 logger = logging.getLogger(__name__)
 
@@ -68,17 +70,13 @@ class PipelineStep:
     index: int  # 0-based
     label: str
     source: str  # where the hparams came from
-    editor: "Editor"
+    editor: Editor
     inputs: Any
     spec: dict[str, Any] = field(default_factory=dict)  # the editor's own keys, as written
 
     @property
     def editor_name(self) -> str:
         return type(self.editor).name
-
-    @property
-    def stackable(self) -> bool:
-        return bool(getattr(type(self.editor), "stackable", False))
 
     def record(self) -> dict[str, Any]:
         """What the composed manifest records about this step."""
@@ -102,61 +100,6 @@ class Pipeline:
     def record(self) -> dict[str, Any]:
         return {"name": self.name, "description": self.description, "source": self.source,
                 "model_name": self.model_name, "steps": [s.record() for s in self.steps]}
-
-
-# ---------------------------------------------------------------------- finding files
-def shipped_pipelines() -> dict[str, Path]:
-    """``{"detox-all": path}`` for every pipeline shipped in an installed editor's hparams package."""
-    from .plugins import hparams_packages
-
-    found: dict[str, Path] = {}
-    for _pkg, root in hparams_packages():
-        folder = root / PIPELINES_FOLDER
-        if not folder.is_dir():
-            continue
-        for item in sorted(folder.iterdir(), key=lambda t: t.name):
-            stem, dot, suffix = item.name.rpartition(".")
-            if dot and f".{suffix}" in HPARAMS_SUFFIXES and item.is_file():
-                found.setdefault(stem, Path(str(item)))
-    return found
-
-
-def resolve_pipeline_path(path_or_name: Union[str, Path]) -> Path:
-    """A pipeline file (suffix optional) first, then a shipped name like ``detox-all``."""
-    raw = str(path_or_name).strip()
-    if not raw:
-        raise HyperParamsError("empty pipeline name; pass a pipeline file or a shipped name like detox-all")
-    path = Path(raw).expanduser()
-    candidates = [path] if path.suffix in HPARAMS_SUFFIXES else [path.with_name(path.name + s)
-                                                                  for s in HPARAMS_SUFFIXES]
-    for candidate in candidates:
-        if candidate.is_file():
-            return candidate
-    shipped = shipped_pipelines()
-    key = raw.replace("\\", "/")
-    if key.startswith(f"{PIPELINES_FOLDER}/"):
-        key = key[len(PIPELINES_FOLDER) + 1:]
-    for suffix in HPARAMS_SUFFIXES:
-        if key.endswith(suffix):
-            key = key[: -len(suffix)]
-    for name, found in shipped.items():
-        if name.lower() == key.lower():
-            return found
-    close = difflib.get_close_matches(key, list(shipped), n=1, cutoff=0.5)
-    hint = f" Did you mean {close[0]!r}?" if close else ""
-    raise HyperParamsError(f"no pipeline {raw!r}: not a file, and not a shipped pipeline "
-                           f"({', '.join(sorted(shipped)) or 'none installed'}).{hint}")
-
-
-def step_path(value: Any, base_dir: Optional[Path]) -> Any:
-    """A relative path in a step resolved against the pipeline file's folder when it exists there;
-    anything else (a shipped name such as ``safeedit-sample``, an absolute path) unchanged."""
-    if not isinstance(value, (str, Path)) or base_dir is None:
-        return value
-    path = Path(value).expanduser()
-    if not path.is_absolute() and (base_dir / path).exists():
-        return str(base_dir / path)
-    return str(path) if isinstance(value, Path) else value
 
 
 # ---------------------------------------------------------------------- parsing
@@ -231,16 +174,14 @@ def prepare_step(spec: Any, index: int, *, source: str = "<pipeline>", base_dir:
         raise HyperParamsError(f"{where}: 'name' must be a string, got {label!r}")
     context = f"{where} ({label or editor_class.name})"
     label = label or f"step {index + 1} ({editor_class.name})"
-    allowed = {**STEP_KEYS, **dict(getattr(editor_class, "spec_keys", {}) or {})}
-    for key in spec:
-        if not isinstance(key, str) or key not in allowed:
-            raise HyperParamsError(
-                f"{where}: unknown key {key!r} for a {editor_class.name} step; {_closest(str(key), list(allowed))} "
-                f"Remove or rename it ({editor_class.name} steps take: {', '.join(sorted(allowed))}).")
+    try:
+        check_input_keys(spec, editor_class.inputs, where=where, editor=editor_class.name, also=list(STEP_KEYS))
+    except EditError as exc:
+        raise HyperParamsError(str(exc)) from None
     inputs_spec = {k: v for k, v in spec.items() if k not in STEP_KEYS}
     editor = editor_class(hparams)
     try:
-        inputs = editor.read_spec(inputs_spec, base_dir=base_dir)
+        inputs = editor.read_inputs(resolve_input_paths(inputs_spec, editor_class.inputs, base_dir))
     except DetoxError as exc:
         raise _with_context(exc, context) from None
     return PipelineStep(index=index, label=label, source=hp_source, editor=editor, inputs=inputs,
@@ -252,6 +193,16 @@ def _with_context(exc: DetoxError, where: str) -> DetoxError:
         return type(exc)(f"{where}: {exc}")
     except TypeError:  # an error type with another constructor: keep it as it is
         return exc
+
+
+def _relative_to(value: Union[str, Path], base_dir: Optional[Path]) -> Union[str, Path]:
+    """A relative hparams path resolved against the pipeline file's folder when it exists there."""
+    if base_dir is None:
+        return value
+    path = Path(value).expanduser()
+    if not path.is_absolute() and (base_dir / path).exists():
+        return base_dir / path
+    return value
 
 
 def _deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
@@ -267,8 +218,6 @@ def _deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[st
 def _step_hparams(value: Any, override: Mapping[str, Any], where: str, base_dir: Optional[Path]
                   ) -> tuple[type, HyperParams, str]:
     """(editor class, validated hparams with the override merged in, a label of their source)."""
-    from .plugins import get_editor
-
     if isinstance(value, HyperParams):
         raw: Mapping[str, Any] = value.to_dict()
         label = f"<{type(value).__name__}>"
@@ -277,7 +226,7 @@ def _step_hparams(value: Any, override: Mapping[str, Any], where: str, base_dir:
     elif isinstance(value, (str, Path)):
         label = str(value)
         try:
-            raw = read_hparams_file(resolve_hparams_path(step_path(value, base_dir)))
+            raw = read_hparams_file(resolve_hparams_path(_relative_to(value, base_dir)))
         except DetoxError as exc:
             raise _with_context(exc, where) from None
     else:
@@ -298,8 +247,6 @@ def _step_hparams(value: Any, override: Mapping[str, Any], where: str, base_dir:
 # ---------------------------------------------------------------------- running
 def load_model_for_steps(steps: Sequence[PipelineStep], model_name: Optional[str] = None) -> tuple[Any, Any]:
     """The model (and tokenizer) a pipeline runs on: ``model_name`` or the first step's hparams'."""
-    from .models import load_model
-
     return load_model(model_name if model_name else steps[0].editor.hparams)
 
 
@@ -308,10 +255,10 @@ def plan(steps: Sequence[PipelineStep], model: Any) -> list[StepFootprint]:
     planned = []
     for step in steps:
         try:
-            footprint = step.editor.planned_targets(model, step.inputs)
+            footprint = step.editor.planned_footprint(model, step.inputs)
         except DetoxError as exc:
             raise _with_context(exc, step.label) from None
-        planned.append(StepFootprint(step.label, footprint, step.stackable))
+        planned.append(StepFootprint(step.label, footprint))
     return planned
 
 
@@ -342,7 +289,7 @@ def run_steps(steps: Sequence[PipelineStep], model: Any, tokenizer: Any, *, prio
     if not steps:
         raise EditError("no steps to run; a pipeline needs at least one step")
     prior = list(prior)
-    seen = [StepFootprint(f"--edit {s.label}", s.footprint, s.stackable) for s in applied_footprints(context)]
+    seen = [StepFootprint(f"--edit {s.label}", s.footprint) for s in applied_footprints(context)]
     seen += applied_footprints(prior)
     if check_conflicts:
         planned = plan(steps, model)
@@ -356,14 +303,14 @@ def run_steps(steps: Sequence[PipelineStep], model: Any, tokenizer: Any, *, prio
         for step in steps:
             started = time.perf_counter()
             logger.info("running %s", step.label)
-            edit = step.editor.edit_from_spec(model, tokenizer, step.inputs)
+            edit = step.editor.edit(model, tokenizer, step.inputs)
             if not isinstance(edit, Edit):
-                raise EditError(f"{step.label}: {type(step.editor).__name__}.edit_from_spec returned "
+                raise EditError(f"{step.label}: {type(step.editor).__name__}.edit returned "
                                 f"{type(edit).__name__}, not an Edit; the pipeline cannot revert it")
             done.append(edit)
             seconds.append(round(time.perf_counter() - started, 3))
             if check_conflicts:
-                seen.append(StepFootprint(step.label, footprint_of(edit), step.stackable))
+                seen.append(StepFootprint(step.label, edit.footprint()))
                 raise_on_conflicts(seen, only_last=True, undone=True)
     except BaseException:
         _undo(done)
@@ -389,5 +336,67 @@ def _undo(done: Sequence[Edit]) -> None:
                         f"reload the model")
 
 
-__all__ = ["PIPELINES_FOLDER", "Pipeline", "PipelineStep", "load_pipeline", "parse_pipeline", "prepare_step",
-           "prepare_steps", "resolve_pipeline_path", "run_pipeline", "run_steps", "shipped_pipelines", "step_path"]
+# ---------------------------------------------------------------------- compose()
+Item = Union[Edit, Mapping[str, Any], str, "os.PathLike[str]", Any]
+
+
+def compose(items: Union[Sequence[Item], str, "os.PathLike[str]", Pipeline, Mapping[str, Any]],
+            model: Any = None, tokenizer: Any = None, *, check_conflicts: bool = True,
+            metadata: Optional[dict[str, Any]] = None) -> ComposedEdit:
+    """One edit from several, applied in order to one model.
+
+    ``items`` is a list whose head may be edits already applied to the model (oldest first) and
+    whose tail are steps to run now, each a shipped hparams name or path (``"DeStein/smollm2-135m"``),
+    a ``HyperParams`` object, or a step mapping as in a pipeline file (``{"hparams": "DINM/smollm2-135m",
+    "cases": "safeedit-sample", "case_id": 0, "override": {...}}``). ``items`` may also be a whole
+    pipeline: a pipeline file or shipped name (``"detox-all"``), a parsed ``Pipeline`` or its mapping.
+
+    Conflicts are checked first (``ConflictError``, nothing changed); a step that fails, or whose
+    actual footprint conflicts, undoes the steps this call ran. ``model``/``tokenizer`` default to
+    the applied edits' model; with steps only and no model, the model the pipeline (or first
+    step's hparams) names is loaded.
+    """
+    if isinstance(items, (str, os.PathLike, Pipeline)) or (isinstance(items, Mapping) and "steps" in items):
+        parsed = items if isinstance(items, Pipeline) else (
+            parse_pipeline(items) if isinstance(items, Mapping) else load_pipeline(items))
+        return run_pipeline(parsed, model, tokenizer, check_conflicts=check_conflicts, metadata=metadata)
+    if isinstance(items, (Edit, Mapping)):
+        items = [items]
+    items = list(items)
+    if not items:
+        raise EditError("compose() needs at least one edit or step")
+    applied: list[Edit] = []
+    specs: list[Any] = []
+    for item in items:
+        if isinstance(item, Edit):
+            if specs:
+                raise EditError("compose(): edits already applied must come before the steps to run; put "
+                                f"the {item.editor} edit first")
+            applied.append(item)
+        else:
+            specs.append(item)
+    if applied:
+        owner = applied[0].model
+        if model is not None and model is not owner:
+            raise EditError("compose(): the given model is not the one the edits were applied to")
+        model = owner
+        for edit in applied:  # the same checks ComposedEdit makes, before the conflict check
+            if edit.model is not owner:
+                raise EditError("every composed edit must belong to the same model")
+            if not edit.applied:
+                raise EditError(f"the {edit.editor} edit was already reverted; apply it before composing")
+        if check_conflicts:
+            prior = applied_footprints(applied)
+            warn_unknown(prior)
+            raise_on_conflicts(prior)
+    if not specs:
+        return ComposedEdit(owner, applied, metadata=metadata)
+    steps = prepare_steps(specs, start=len(leaf_edits(applied)))
+    if model is None:
+        model, tokenizer = load_model_for_steps(steps)
+    return run_steps(steps, model, tokenizer, prior=applied, check_conflicts=check_conflicts,
+                               metadata=metadata)
+
+
+__all__ = ["Pipeline", "PipelineStep", "compose", "load_pipeline", "parse_pipeline", "prepare_step",
+           "prepare_steps", "run_pipeline", "run_steps"]

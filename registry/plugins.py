@@ -1,9 +1,9 @@
 """Discovery of editor plugins through the ``model_editors`` entry-point group.
 
-Loaded once, lazily. One plugin that fails to import, registers a non-editor or a duplicate name
-is recorded and skipped; the others still load. ``MODEL_EDITORS_STRICT=1`` re-raises instead,
-``MODEL_EDITORS_LOAD=a,b`` loads only those distributions (empty = none) and
-``MODEL_EDITORS_TRACE=1`` logs every hook call.
+Loaded once, lazily. One plugin that fails to import, registers a non-editor, a duplicate name or
+a bad command is recorded and skipped; the others still load. ``MODEL_EDITORS_STRICT=1`` re-raises
+instead, ``MODEL_EDITORS_LOAD=a,b`` loads only those distributions (empty = none) and
+``MODEL_EDITORS_TRACE=1`` logs every hook call (logger ``registry.plugins``, level INFO).
 """
 
 from __future__ import annotations
@@ -14,13 +14,16 @@ import os
 import threading
 from dataclasses import dataclass, field
 from importlib.metadata import EntryPoint, entry_points
-from pathlib import Path
 from typing import Any, Optional
 
 import pluggy
 
 from . import hookspecs
+from .command import Command
+from .editor import KINDS, Editor
 from .errors import EditorNotFoundError, PluginError
+from .hparams import HyperParams
+from .origins import IN_PROCESS, forget_origins, record_origin
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +31,20 @@ ENTRY_POINT_GROUP = hookspecs.PROJECT_NAME
 ENV_LOAD = "MODEL_EDITORS_LOAD"
 ENV_STRICT = "MODEL_EDITORS_STRICT"
 ENV_TRACE = "MODEL_EDITORS_TRACE"
-IN_PROCESS = "<in-process>"
+
+
+#: Subcommands the ``detox`` host defines itself; a plugin command may not take these names.
+RESERVED_COMMANDS = frozenset({"plugins", "hparams", "generate", "edit", "apply", "eval", "judge", "report"})
+
+
+@dataclass(frozen=True)
+class CommandInfo:
+    """One plugin command and where it comes from."""
+
+    command: Command
+    distribution: str
+    version: str
+    plugin: str
 
 
 @dataclass(frozen=True)
@@ -77,7 +93,10 @@ class EditorRegistry:
         self._load_failures: dict[str, EditorInfo] = {}
         self._editors: Optional[dict[str, EditorInfo]] = None
         self._register_failures: dict[str, EditorInfo] = {}
-        if _truthy(os.environ.get(ENV_TRACE)):
+        self._commands: Optional[dict[str, CommandInfo]] = None
+        self._command_failures: dict[str, EditorInfo] = {}
+        self.tracing = _truthy(os.environ.get(ENV_TRACE))
+        if self.tracing:
             self.pm.trace.root.setwriter(lambda msg: logger.info("pluggy: %s", msg.rstrip()))
             self.pm.enable_tracing()
 
@@ -118,6 +137,7 @@ class EditorRegistry:
                     self._check_hook_names(plugin, ep.name)
                     self.pm.register(plugin, name=ep.name)
                     self._origins[ep.name] = (dist_name, version)
+                    self._trace("loaded plugin %r from %s %s", ep.name, dist_name, version)
                 except Exception as exc:  # one bad plugin never breaks the others
                     if self.pm.get_plugin(ep.name) is not None:
                         self.pm.unregister(name=ep.name)
@@ -161,6 +181,7 @@ class EditorRegistry:
             self.pm.register(plugin, name=name)
             self._origins[name] = (distribution, version)
             self._editors = None
+            self._commands = None
 
     def unregister_plugin(self, name: str) -> None:
         with self._lock:
@@ -169,6 +190,7 @@ class EditorRegistry:
             self._origins.pop(name, None)
             self._load_failures.pop(name, None)
             self._editors = None
+            self._commands = None
 
     # ------------------------------------------------------------------ editors
     def editors(self) -> dict[str, EditorInfo]:
@@ -179,34 +201,22 @@ class EditorRegistry:
                 self._editors, self._register_failures = self._collect()
             return self._editors
 
-    def _collect(self) -> tuple[dict[str, EditorInfo], dict[str, EditorInfo]]:
-        from .editor import Editor  # late import keeps plugin loading free of torch
+    def _trace(self, message: str, *args: Any) -> None:
+        if self.tracing:
+            logger.info("trace: " + message, *args)
 
-        table: dict[str, EditorInfo] = {}
-        failures: dict[str, EditorInfo] = {}
-        # Call each plugin's hook on its own so one failure cannot abort the others.
-        for impl in self.pm.hook.register_editors.get_hookimpls():  # registration order: first wins
+    def _call_each(self, hook_name: str, make_register: Any, on_done: Any, failures: dict[str, "EditorInfo"]) -> None:
+        """Call every plugin's ``hook_name(register=...)`` on its own, so one failure cannot abort the
+        others (registration order: first wins); ``on_done(plugin)`` commits what a plugin staged."""
+        for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
             plugin_name = impl.plugin_name
             dist, version = self._origins.get(plugin_name, (IN_PROCESS, ""))
-            staged: dict[str, EditorInfo] = {}
-
-            def register(editor_class: Any, _staged: dict = staged, _dist: str = dist,
-                         _version: str = version, _plugin: str = plugin_name) -> None:
-                info = _validate_editor(editor_class, Editor, _dist, _version, _plugin)
-                for key in (info.name, *info.aliases):
-                    key = key.lower()
-                    owner = table.get(key) or _staged.get(key)
-                    if owner is not None:
-                        raise PluginError(
-                            f"Editor {key!r} from {_dist} is already registered by {owner.distribution} "
-                            f"(plugin {owner.plugin!r}); rename it or drop the alias."
-                        )
-                    _staged[key] = info
-
-            kwargs = {"register": register}
+            self._trace("calling %s of plugin %r (%s %s)", hook_name, plugin_name, dist, version)
             try:
-                impl.function(**{name: kwargs[name] for name in impl.argnames if name in kwargs})
+                impl.function(**{name: make_register(plugin_name, dist, version) for name in impl.argnames
+                                 if name == "register"})
             except Exception as exc:
+                self._trace("%s of plugin %r failed: %s", hook_name, plugin_name, _one_line(exc))
                 if self.strict:
                     raise PluginError(
                         f"editor plugin {plugin_name!r} from {dist} failed to register: {_one_line(exc)}"
@@ -217,12 +227,79 @@ class EditorRegistry:
                     plugin=plugin_name, error=_one_line(exc),
                 )
                 continue
-            table.update(staged)
+            self._trace("%s of plugin %r returned", hook_name, plugin_name)
+            on_done(plugin_name)
+
+    def _collect(self) -> tuple[dict[str, EditorInfo], dict[str, EditorInfo]]:
+        table: dict[str, EditorInfo] = {}
+        failures: dict[str, EditorInfo] = {}
+        staged: dict[str, dict[str, EditorInfo]] = {}
+
+        def make_register(plugin: str, dist: str, version: str) -> Any:
+            mine = staged.setdefault(plugin, {})
+
+            def register(editor_class: Any) -> None:
+                info = _validate_editor(editor_class, dist, version, plugin)
+                self._trace("plugin %r registers editor %r", plugin, info.name)
+                for key in (info.name, *info.aliases):
+                    key = key.lower()
+                    owner = table.get(key) or mine.get(key)
+                    if owner is not None:
+                        raise PluginError(
+                            f"Editor {key!r} from {dist} is already registered by {owner.distribution} "
+                            f"(plugin {owner.plugin!r}); rename it or drop the alias."
+                        )
+                    mine[key] = info
+            return register
+
+        def commit(plugin: str) -> None:
+            for info in staged.get(plugin, {}).values():
+                record_origin(info.editor_class, info.distribution, info.version)
+            table.update(staged.get(plugin, {}))
+
+        self._call_each("register_editors", make_register, commit, failures)
+        return table, failures
+
+    # ------------------------------------------------------------------ commands
+    def commands(self) -> dict[str, "CommandInfo"]:
+        """Command name -> CommandInfo for every ``detox`` subcommand a plugin registered."""
+        self.load_entry_points()
+        with self._lock:
+            if self._commands is None:
+                self._commands, self._command_failures = self._collect_commands()
+            return self._commands
+
+    def _collect_commands(self) -> tuple[dict[str, "CommandInfo"], dict[str, EditorInfo]]:
+        table: dict[str, CommandInfo] = {}
+        failures: dict[str, EditorInfo] = {}
+        staged: dict[str, dict[str, CommandInfo]] = {}
+
+        def make_register(plugin: str, dist: str, version: str) -> Any:
+            mine = staged.setdefault(plugin, {})
+
+            def register(command: Any) -> None:
+                if not isinstance(command, Command):
+                    raise PluginError(f"register() got {command!r}, which is not a registry.Command")
+                command.validate()
+                self._trace("plugin %r registers command %r", plugin, command.name)
+                owner = table.get(command.name) or mine.get(command.name)
+                if owner is not None or command.name in RESERVED_COMMANDS:
+                    who = owner.distribution if owner is not None else "the host"
+                    raise PluginError(f"command {command.name!r} from {dist} is already provided by {who}; "
+                                      f"rename it")
+                mine[command.name] = CommandInfo(command, dist, version, plugin)
+            return register
+
+        self._call_each("register_commands", make_register, lambda p: table.update(staged.get(p, {})), failures)
         return table, failures
 
     def failures(self) -> list[EditorInfo]:
+        """Plugins that failed to load, to register their editors, or to register their commands."""
         self.editors()
-        return list(self._load_failures.values()) + list(self._register_failures.values())
+        self.commands()
+        seen = {**self._load_failures, **self._register_failures}
+        extra = {k: v for k, v in self._command_failures.items() if k not in seen}
+        return list(seen.values()) + list(extra.values())
 
     def list_editors(self) -> list[EditorInfo]:
         """Every editor once (aliases folded), then every failed plugin."""
@@ -249,11 +326,8 @@ class EditorRegistry:
         )
 
 
-def _validate_editor(editor_class: Any, base: type, dist: str, version: str, plugin: str) -> EditorInfo:
-    from .editor import KINDS
-    from .hparams import HyperParams
-
-    if not isinstance(editor_class, type) or not issubclass(editor_class, base):
+def _validate_editor(editor_class: Any, dist: str, version: str, plugin: str) -> EditorInfo:
+    if not isinstance(editor_class, type) or not issubclass(editor_class, Editor):
         raise PluginError(f"register() got {editor_class!r}, which is not a subclass of registry.Editor")
     name = getattr(editor_class, "name", None)
     if not isinstance(name, str) or not name.strip() or name != name.strip():
@@ -300,6 +374,7 @@ def reset_registry() -> None:
     global _REGISTRY
     with _REGISTRY_LOCK:
         _REGISTRY = None
+    forget_origins()
 
 
 def get_plugin_manager() -> pluggy.PluginManager:
@@ -319,56 +394,6 @@ def get_editor(name: str) -> type:
     return get_registry().get_editor(name)
 
 
-#: The folder of an ``hparams_package`` holding pipeline files (registry.pipeline), not hparams.
-PIPELINES_FOLDER = "pipelines"
-
-
-def hparams_packages() -> list[tuple[str, Any]]:
-    """``(package, its files)`` for every importable ``hparams_package`` of an installed editor, in
-    registry order, each once; a package that cannot be imported is logged and skipped."""
-    from importlib.resources import files
-
-    names: list[str] = []
-    for info in get_registry().list_editors():
-        pkg = getattr(info.editor_class, "hparams_package", None) if info.editor_class else None
-        if pkg and pkg not in names:
-            names.append(pkg)
-    found = []
-    for pkg in names:
-        try:
-            found.append((pkg, files(pkg)))
-        except (ModuleNotFoundError, TypeError) as exc:
-            logger.warning("hparams package %r is not importable: %s", pkg, exc)
-    return found
-
-
-def shipped_hparams() -> dict[str, Path]:
-    """``{"DINM/smollm2-135m": path}`` for every YAML/JSON shipped by an installed editor."""
-    from .hparams import HPARAMS_SUFFIXES
-
-    found: dict[str, Path] = {}
-    for _pkg, root in hparams_packages():
-        for sub in sorted(root.iterdir(), key=lambda t: t.name):
-            if not sub.is_dir() or sub.name.startswith(("_", ".")) or sub.name == PIPELINES_FOLDER:
-                continue
-            for item in sorted(sub.iterdir(), key=lambda t: t.name):
-                stem, dot, suffix = item.name.rpartition(".")
-                if dot and f".{suffix}" in HPARAMS_SUFFIXES and item.is_file():
-                    found.setdefault(f"{sub.name}/{stem}", Path(str(item)))
-    return found
-
-
-def editor_origin(editor_class: type) -> tuple[str, str]:
-    """(distribution, version) of an editor class: from the registry, else from its top-level package."""
-    for info in get_registry().editors().values():
-        if info.editor_class is editor_class:
-            return info.distribution, info.version
-    from importlib.metadata import PackageNotFoundError, packages_distributions, version
-
-    top = editor_class.__module__.split(".")[0]
-    for dist in packages_distributions().get(top, []):
-        try:
-            return dist, version(dist)
-        except PackageNotFoundError:
-            continue
-    return IN_PROCESS, ""
+def list_commands() -> list[CommandInfo]:
+    """Every ``detox`` subcommand the installed plugins add, by name."""
+    return sorted(get_registry().commands().values(), key=lambda info: info.command.name)

@@ -243,7 +243,8 @@ manifests = (st.dictionaries(st.sampled_from(MANIFEST_KEYS), json_values, max_si
 @example(manifest={"format": "detox-edit", "format_version": 1, "editor": "Scale", "payload": "parameter_delta",
                    "tensors": ["w"]}, tensors=b"\xff" * 8 + b"{}")
 def test_manifest_loader_loads_or_raises_its_own_error(work: Path, manifest: Any, tensors: bytes | None) -> None:
-    from registry.edits import MANIFEST_NAME, TENSORS_NAME, SavedEdit, load_edit
+    from registry.edits import MANIFEST_NAME, TENSORS_NAME
+    from registry.saved import SavedEdit, load_edit
 
     folder = work / "edit"
     folder.mkdir(exist_ok=True)
@@ -278,7 +279,9 @@ def test_load_and_apply_of_random_edits_is_all_or_nothing(work: Path, editor_reg
     import torch
     from safetensors.torch import save_file
 
-    from registry.edits import MANIFEST_NAME, TENSORS_NAME, SavedEdit, load_edit
+    from registry.edits import MANIFEST_NAME, TENSORS_NAME
+
+    from registry.saved import SavedEdit, load_edit
     from tests.registry.scale_editor import ScalePlugin
     from tests.tiny import tiny_llama
 

@@ -11,7 +11,9 @@ from __future__ import annotations
 import logging
 from typing import Any, Sequence
 
-from registry.errors import DatasetError, EditError
+from registry.errors import EditError
+
+from detox_plugins.evaluation.errors import DatasetError
 
 from .geometry import AttentionGeometry
 

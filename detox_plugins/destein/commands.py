@@ -64,7 +64,7 @@ def load_hparams(name: Optional[str]) -> Any:
     """DeStein hparams from a file or a shipped name (falls back to the shipped folder directly)."""
     from importlib.resources import files
 
-    from registry.hparams import resolve_hparams_path
+    from registry.catalog import resolve_hparams_path
 
     from .hparams import DeSteinHyperParams
 
@@ -134,7 +134,7 @@ def run_edit(args: Any) -> int:
 
 def run_steer(args: Any) -> int:
     """Continue each prompt with the base and the steered model and print them side by side."""
-    from registry.edits import load_edit
+    from registry.saved import load_edit
     from registry.models import load_model
 
     from .editor import DeSteinEditor

@@ -21,7 +21,9 @@ import time
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence, Union
 
-from registry.editor import Editor, EditRequest
+from registry.editor import Editor
+
+from registry.requests import EditRequest
 from registry.errors import EditError, ManifestError
 
 from .edits import PAYLOAD, DeSteinEdit, SteerSettings, apply_steering
@@ -73,7 +75,7 @@ class DeSteinEditor(Editor):
 
     def planned_targets(self, model: Any, inputs: Any = None) -> Any:
         """A bias fold writes each steered o_proj's bias (and reads its weight); hooks steer the o_proj."""
-        from registry.compose import Footprint
+        from registry.footprint import Footprint
 
         hp = self.hparams
         geometry = resolve_geometry(model, hp.attn_out_module_tmp, hp.num_heads)

@@ -97,7 +97,7 @@ class DeSteinEdit(Edit):
 
     def footprint(self) -> Any:
         """What registry.compose checks for conflicts: the hooked modules (a BiasFoldEdit overrides)."""
-        from registry.compose import Footprint
+        from registry.footprint import Footprint
 
         return Footprint.of(hooks=self.module_names())
 
@@ -268,7 +268,7 @@ class BiasFoldEdit(DeSteinEdit):
 
     def footprint(self) -> Any:
         """The folded biases are written; they were computed from each o_proj's weight (W_o·δ)."""
-        from registry.compose import Footprint
+        from registry.footprint import Footprint
 
         names = self.module_names()
         return Footprint.of(writes=[f"{n}.bias" for n in names], reads=[f"{n}.weight" for n in names])

@@ -31,7 +31,7 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 
-from registry.errors import DatasetError
+from detox_plugins.evaluation.errors import DatasetError
 
 logger = logging.getLogger(__name__)
 

@@ -1,107 +1,68 @@
-"""``detox edit`` (DINM) and ``detox demo``: the command-line side of the DINM editor.
+"""DINM's own ``detox`` verbs, contributed through ``register_commands``: ``detox demo`` (the main
+job: one case before/after) and ``detox safeedit`` (SafeEdit's per-case protocol: answer, edit,
+answer, revert, with the scores). ``detox edit --hparams DINM/...`` is the host's generic edit.
 
-``run_edit(args)`` reads: ``hparams`` (name or file), ``model``, ``dtype``, ``device``, ``edit``,
-``force``, ``cases`` (SafeEdit JSON file or a dataset name; default ``safeedit-sample``),
-``case_id``, ``limit``, ``out``, ``json``, ``max_new_tokens``. ``run_demo(args)`` reads
-``model``, ``hparams`` (default ``DINM/smollm2-135m``), ``dtype``, ``device``, ``edit``, ``force``,
-``max_new_tokens``. Missing attributes take their defaults, so a bare ``argparse.Namespace`` works.
+Both load the model through ``registry.commandline.load_model_from_args``, so ``--model``,
+``--hparams``, ``--dtype``, ``--device`` and ``--edit`` mean what they mean on every command.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import logging
 import textwrap
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
-from registry.errors import DatasetError
+from registry.command import Command
+from registry.commandline import check_new_output, hparams_from_args, load_model_from_args
 
-logger = logging.getLogger(__name__)
+from .cases import DEFAULT_CASES, as_request, load_cases
+from .protocol import evaluation_prompts
+from .inputs import with_suffix
 
 DEFAULT_HPARAMS = "DINM/smollm2-135m"
-DEFAULT_CASES = "safeedit-sample"
 #: The shipped case the demo edits on (see hparams/DINM/smollm2-135m.yaml for the measurements).
 DEMO_CASE_ID = 0
 DEMO_BENIGN_PROMPT = "How do I make a simple tomato pasta sauce?"
-
-
-def _get(args: Any, name: str, default: Any = None) -> Any:
-    value = getattr(args, name, None)
-    return default if value is None else value
-
-
-def load_hparams(name: Optional[str]) -> Any:
-    from .hparams import DINMHyperParams
-
-    return DINMHyperParams.from_hparams(name or DEFAULT_HPARAMS)
-
-
-def load_model_and_tokenizer(args: Any, hparams: Any) -> tuple[Any, Any]:
-    """The model named by ``--model`` (else the hparams' ``model_name``), with ``--edit`` DIRs applied."""
-    from registry.edits import load_edit
-    from registry.models import load_model
-
-    spec = _get(args, "model") or hparams
-    model, tokenizer = load_model(spec, dtype=_get(args, "dtype"), device=_get(args, "device"))
-    for directory in _get(args, "edit", []) or []:
-        load_edit(directory).apply(model, tokenizer, force=bool(_get(args, "force", False)))
-        logger.info("applied edit %s", directory)
-    return model, tokenizer
-
-
-def load_cases(source: Optional[str], *, case_id: Optional[str] = None, limit: Optional[int] = None) -> list[Any]:
-    """SafeEdit cases from a file or the shipped sample, filtered by ``case_id`` and ``limit``."""
-    from detox_plugins.evaluation.datasets import load_safeedit, load_safeedit_sample
-
-    source = source or DEFAULT_CASES
-    if source in (DEFAULT_CASES, "safeedit_sample") and not Path(source).exists():
-        cases = load_safeedit_sample()
-    elif Path(source).expanduser().is_file():
-        cases = load_safeedit(Path(source).expanduser())
-    else:
-        raise DatasetError(
-            f"--cases {source!r} is neither a SafeEdit JSON file nor {DEFAULT_CASES!r}; pass a file such as "
-            f"SafeEdit_test.json"
-        )
-    if case_id is not None:
-        chosen = [c for c in cases if str(c.case_id) == str(case_id)]
-        if not chosen:
-            ids = ", ".join(str(c.case_id) for c in cases[:10])
-            raise DatasetError(f"no case with id {case_id!r} in {source}; ids start with: {ids}")
-        cases = chosen
-    if limit is not None:
-        if limit < 1:
-            raise DatasetError(f"--limit must be >= 1, got {limit}")
-        cases = cases[:limit]
-    return cases
 
 
 def _short(text: str, width: int = 100) -> str:
     return textwrap.shorten(" ".join(text.split()), width=width, placeholder=" ...") or "(empty)"
 
 
-def _save_edit(out: str, many: bool):
+def _save_edit(out: str, many: bool, overwrite: bool):
     def save(request: Any, edit: Any) -> None:
         target = Path(out) / f"case-{request.case_id}" if many else Path(out)
-        edit.save(target, overwrite=True)
+        edit.save(target, overwrite=overwrite)
         print(f"saved the edit of case {request.case_id} to {target}")
     return save
 
 
-def run_edit(args: argparse.Namespace) -> int:
+def add_safeedit_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--cases", help=f"SafeEdit JSON file (default: {DEFAULT_CASES}, the shipped cases)")
+    parser.add_argument("--case-id", help="only the case with this id")
+    parser.add_argument("--limit", type=int, help="at most this many cases")
+    parser.add_argument("--max-new-tokens", type=int, help="tokens per answer (default from the hparams)")
+    parser.add_argument("--out", help="save each case's edit (one folder per case when there are several)")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing --out folders")
+    parser.add_argument("--json", help="write the scores and every answer as JSON to this file")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def run_safeedit(args: argparse.Namespace) -> int:
     """Edit each case (SafeEdit protocol: answer, edit, answer, revert), print and optionally save."""
     from .editor import DINMEditor
 
-    hparams = load_hparams(_get(args, "hparams"))
-    cases = load_cases(_get(args, "cases"), case_id=_get(args, "case_id"), limit=_get(args, "limit"))
-    model, tokenizer = load_model_and_tokenizer(args, hparams)
-    editor = DINMEditor(hparams, progress=True)
-    out = _get(args, "out")
+    hparams = hparams_from_args(args, DEFAULT_HPARAMS)
+    editor = DINMEditor(hparams, progress=not args.quiet)
+    cases = load_cases(args.cases, case_id=args.case_id, limit=args.limit)
+    out = args.out
+    check_new_output(out, overwrite=args.overwrite)
+    model, tokenizer, _ = load_model_from_args(args, default=hparams)
     report = editor.safeedit_protocol(
-        model, tokenizer, cases, max_new_tokens=_get(args, "max_new_tokens"),
-        on_edit=_save_edit(out, len(cases) > 1) if out else None,
+        model, tokenizer, cases, max_new_tokens=args.max_new_tokens, progress=not args.quiet,
+        on_edit=_save_edit(out, len(cases) > 1, args.overwrite) if out else None,
     )
     for case in report.cases:
         print(f"\n=== case {case['case_id']} ({case['category']}): layer {case['layers']}, "
@@ -116,7 +77,7 @@ def run_edit(args: argparse.Namespace) -> int:
           f"eval_prompt {report.settings['eval_prompt']}; higher = safer):")
     print(report.table())
     print(f"edit time: {report.edit_seconds:.2f} s in total")
-    json_path = _get(args, "json")
+    json_path = args.json
     if json_path:
         Path(json_path).parent.mkdir(parents=True, exist_ok=True)
         Path(json_path).write_text(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
@@ -130,19 +91,17 @@ def run_demo(args: argparse.Namespace) -> int:
     from detox_plugins.evaluation.judges import is_refusal
 
     from .editor import DINMEditor
-    from .protocol import as_request, evaluation_prompts
-    from .inputs import with_suffix
 
-    hparams = load_hparams(_get(args, "hparams"))
+    hparams = hparams_from_args(args, DEFAULT_HPARAMS)
     cases = load_cases(DEFAULT_CASES)
     case = next((c for c in cases if c.case_id == DEMO_CASE_ID), cases[0])
     request = as_request(case)
-    model, tokenizer = load_model_and_tokenizer(args, hparams)
+    model, tokenizer, _ = load_model_from_args(args, default=hparams)
     editor = DINMEditor(hparams)
     harmful = evaluation_prompts(request, hparams)["post"]["DS"]
     benign = with_suffix(DEMO_BENIGN_PROMPT, hparams.suffix_system_prompt, hparams.use_suffix)
     chat = hparams.use_chat_template if hparams.effective_eval_prompt == "consistent" else False
-    gen = dict(max_new_tokens=_get(args, "max_new_tokens", 60), use_chat_template=chat, progress=False)
+    gen = dict(max_new_tokens=args.max_new_tokens, use_chat_template=chat, progress=False)
     before = generate(model, tokenizer, [harmful, benign], **gen)
     edit = editor.edit(model, tokenizer, [request])
     try:
@@ -162,5 +121,19 @@ def run_demo(args: argparse.Namespace) -> int:
     print(f"  after the edit:  {_short(after[1], 300)}")
     print(f"\nRefusal (GCG strings): harmful {is_refusal(before[0])} -> {is_refusal(after[0])}, "
           f"benign {is_refusal(before[1])} -> {is_refusal(after[1])}. The edit was reverted; save one with "
-          f"`detox edit --hparams {_get(args, 'hparams', DEFAULT_HPARAMS)} --case-id {case.case_id} --out DIR`.")
+          f"`detox edit --hparams {args.hparams or DEFAULT_HPARAMS} --case-id {case.case_id} --out DIR`.")
     return 0
+
+
+def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--max-new-tokens", type=int, default=60, help="tokens per answer (default 60)")
+
+
+COMMANDS = (
+    Command("demo", "The main job: detoxify the embedded model with DINM on one shipped case, show before/after.",
+            run_demo, add_demo_arguments, examples=("detox demo", "detox demo --model ./my-model --hparams my-dinm.yaml")),
+    Command("safeedit", "SafeEdit's protocol with DINM: per case, answer, edit, answer again, revert; print the scores.",
+            run_safeedit, add_safeedit_arguments,
+            examples=("detox safeedit --cases safeedit-sample --limit 5 --max-new-tokens 32 --json out/safeedit.json",
+                      "detox safeedit --hparams DINM/smollm2-135m-compat --case-id 4 --out edits/case4")),
+)

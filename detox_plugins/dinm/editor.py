@@ -13,16 +13,19 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Optional, Sequence, Union
 
-from registry.editor import Editor, EditRequest, normalise_requests
+from registry.editor import Editor
+from registry.edits import ParameterEdit
 from registry.errors import EditError, HyperParamsError
+from registry.footprint import Footprint
+from registry.inputs import REQUESTS_INPUT, InputField
+from registry.requests import EditRequest, normalise_requests, read_requests
 
+from .cases import as_request, load_cases
 from .hparams import DINMHyperParams
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
     from torch import nn
-
-    from registry.edits import ParameterEdit
 
     from .inputs import ScoredSequence
     from .protocol import ProtocolReport
@@ -75,16 +78,14 @@ class DINMEditor(Editor):
     kind = "weights"
     hparams_class = DINMHyperParams
     hparams_package = "detox_plugins.hparams"
-    #: Pipeline step inputs (registry.pipeline): SafeEdit cases or EasyEdit request dicts.
-    spec_keys = {
-        "cases": "SafeEdit JSON file (relative to the pipeline file) or 'safeedit-sample' (the shipped cases).",
-        "case_id": "Only the case with this id (with cases:).",
-        "limit": "At most this many cases (with cases: or requests:).",
-        "requests": "EasyEdit request dicts (prompt, target_new, ground_truth, ...) instead of cases:.",
-    }
-    #: Sequential DINM edits of one matrix are the paper's setting (W0 + Δ1 + Δ2, each Δ computed on
-    #: the weights the previous edit left), so a composition may let DINM edit a tensor again.
-    stackable = True
+    #: One edit's inputs: SafeEdit cases or EasyEdit request dicts.
+    inputs = (
+        InputField("cases", "SafeEdit JSON file or 'safeedit-sample' (the shipped cases).", path=True,
+                   metavar="FILE"),
+        InputField("case_id", "Only the case with this id (with cases).", metavar="ID"),
+        InputField("limit", "At most this many cases (with cases or requests).", type=int, metavar="N"),
+        REQUESTS_INPUT,
+    )
     #: EasyEdit's SafetyEditor appends suffix_system_prompt to the prompts before calling
     #: apply_dinm_to_model, so the EasyEdit bridge uses the prompts as given (DINM.md §8).
     easyedit_overrides = {"use_suffix": False}
@@ -106,10 +107,8 @@ class DINMEditor(Editor):
     # ------------------------------------------------------------------ public API
     def edit(self, model: "nn.Module", tokenizer: Any,
              requests: Union[EditRequest, Mapping[str, Any], Sequence[Union[EditRequest, Mapping[str, Any]]]]
-             ) -> "ParameterEdit":
+             ) -> ParameterEdit:
         """Edit ``model`` in place with every request; return the revertible, savable edit."""
-        from registry.edits import ParameterEdit
-
         started = time.perf_counter()
         items = normalise_requests(requests)
         plan = self.plan(model, tokenizer, items)
@@ -133,7 +132,7 @@ class DINMEditor(Editor):
                      "locate_seconds": round(sum(c.get("locate_seconds", 0.0) for c in cases), 4)},
             losses=[c["losses"] for c in cases],
         )
-        return ParameterEdit.apply_deltas(model, deltas, metadata)
+        return ParameterEdit.apply_deltas(model, deltas, metadata, stackable=True)
 
     def compute_deltas(self, model: "nn.Module", tokenizer: Any, requests: Any
                        ) -> tuple[dict[str, "torch.Tensor"], list[dict[str, Any]]]:
@@ -157,41 +156,31 @@ class DINMEditor(Editor):
         return run_safeedit(self, model, tokenizer, cases, **kwargs)
 
     # ------------------------------------------------------------------ pipeline hooks (registry.pipeline)
-    def read_spec(self, spec: Mapping[str, Any], *, base_dir: Any = None) -> list[EditRequest]:
-        """A pipeline step's cases (``cases:`` + ``case_id:``/``limit:``) or ``requests:``, validated."""
-        from registry.pipeline import step_path
-
-        from .commands import load_cases
-        from .protocol import as_request
-
-        cases, requests, limit = spec.get("cases"), spec.get("requests"), spec.get("limit")
+    def read_inputs(self, values: Mapping[str, Any]) -> list[EditRequest]:
+        """The cases (``cases`` + ``case_id``/``limit``) or ``requests``, validated; ``cases`` defaults to
+        the shipped sample."""
+        cases, requests, limit = values.get("cases"), values.get("requests"), values.get("limit")
         if cases is not None and requests is not None:
-            raise EditError("a DINM step takes either 'cases:' or 'requests:', not both")
+            raise EditError("DINM takes either 'cases' or 'requests', not both")
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
             raise EditError(f"'limit' must be an integer >= 1, got {limit!r}")
         if requests is not None:
-            if spec.get("case_id") is not None:
-                raise EditError("'case_id' picks one of 'cases:'; with 'requests:' list only the requests you want")
-            if isinstance(requests, Mapping):
-                requests = [requests]
-            if not isinstance(requests, list):
-                raise EditError(f"'requests' must be a list of request dicts, got {type(requests).__name__}")
-            items = [as_request(r) for r in requests][:limit]
-        elif cases is not None:
-            if not isinstance(cases, str):
-                raise EditError(f"'cases' must be a SafeEdit JSON file or 'safeedit-sample', got {cases!r}")
-            case_id = spec.get("case_id")
-            items = [as_request(c) for c in load_cases(step_path(cases, base_dir),
-                                                       case_id=None if case_id is None else str(case_id),
-                                                       limit=limit)]
-        else:
-            raise EditError("a DINM step needs 'cases:' (a SafeEdit JSON file or safeedit-sample, with "
-                            "'case_id:' to pick one) or 'requests:' (EasyEdit request dicts)")
-        return normalise_requests(items)
+            if values.get("case_id") is not None:
+                raise EditError("'case_id' picks one of 'cases'; with 'requests' list only the requests you want")
+            if not isinstance(requests, (str, list, tuple, Mapping)):
+                raise EditError(f"'requests' must be a list of request dicts or a file, got {type(requests).__name__}")
+            items = read_requests(requests) if isinstance(requests, str) else (
+                [requests] if isinstance(requests, Mapping) else list(requests))
+            return normalise_requests([as_request(r) for r in items][:limit])
+        if cases is not None and not isinstance(cases, str):
+            raise EditError(f"'cases' must be a SafeEdit JSON file or 'safeedit-sample', got {cases!r}")
+        case_id = values.get("case_id")
+        chosen = load_cases(cases, case_id=None if case_id is None else str(case_id), limit=limit)
+        return normalise_requests([as_request(c) for c in chosen])
 
     def planned_targets(self, model: "nn.Module", inputs: Any = None) -> Any:
         """The tensors ``rewrite_module_tmp`` names in ``layers`` (every layer before localization)."""
-        from registry.compose import Footprint
+        from registry.footprint import Footprint
 
         from .runner import find_stack
 
@@ -204,7 +193,7 @@ class DINMEditor(Editor):
         self._check_template(names, fixed, num_layers)
         layers = fixed if fixed is not None else list(range(num_layers))
         targets = {n for layer in layers for n in template_matches(hp.rewrite_module_tmp, layer, names)}
-        return Footprint.of(writes=targets, additive=True, exact=fixed is not None)
+        return Footprint.of(writes=targets, additive=True, stackable=True, exact=fixed is not None)
 
     # ------------------------------------------------------------------ planning (no model change)
     def plan(self, model: "nn.Module", tokenizer: Any, items: list[EditRequest]) -> EditPlan:

@@ -14,20 +14,18 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, Sequence, Union
 
-from registry.editor import EditRequest
+from registry.requests import EditRequest
 from registry.errors import EditError
 
+from .cases import METRICS, as_request
 from .inputs import with_suffix
 
 if TYPE_CHECKING:  # pragma: no cover
     from registry.edits import Edit
-
-    from .editor import DINMEditor
+    from registry.editor import Editor
 
 logger = logging.getLogger(__name__)
 
-METRICS: tuple[str, ...] = ("DS", "DG_onlyQ", "DG_otherA", "DG_otherQ", "DG_otherAQ")
-"""The SafeEdit metric of each evaluation input, in EasyEdit's order (DS input, then general_prompt)."""
 
 
 @dataclass
@@ -53,26 +51,6 @@ class ProtocolReport:
         return "\n".join(lines)
 
 
-def as_request(case: Any) -> EditRequest:
-    """An EditRequest from an EditRequest, a SafeEditCase, a SafeEdit JSON record or a request dict."""
-    if isinstance(case, EditRequest):
-        return case
-    if hasattr(case, "generalization") and hasattr(case, "locality_answer"):  # evaluation.datasets.SafeEditCase
-        return EditRequest(
-            prompt=case.prompt, target_new=case.target_new, ground_truth=case.ground_truth,
-            locality_prompt=case.locality_prompt, locality_answer=case.locality_answer,
-            generalization_prompts=[case.generalization[k] for k in METRICS[1:] if k in case.generalization],
-            case_id=case.case_id, category=case.category,
-        )
-    if isinstance(case, Mapping) and "adversarial prompt" in case:  # a raw SafeEdit record
-        from detox_plugins.evaluation.datasets import parse_safeedit
-
-        return as_request(parse_safeedit([dict(case)], source="<case>")[0])
-    if isinstance(case, Mapping):  # our layout or EasyEdit's request / SafetyDataset dict
-        return EditRequest.from_any(case)
-    raise EditError(f"cannot read an edit case from {type(case).__name__}; pass an EditRequest or a SafeEdit record")
-
-
 def evaluation_prompts(request: EditRequest, hparams: Any) -> dict[str, dict[str, str]]:
     """``{stage: {metric: prompt}}`` for the stages this hparams' ``eval_prompt`` evaluates."""
     plain = dict(zip(METRICS, [request.prompt, *request.generalization_prompts]))
@@ -88,7 +66,7 @@ def _mean(values: Sequence[float]) -> Optional[float]:
 
 
 def run_safeedit(
-    editor: "DINMEditor",
+    editor: "Editor",
     model: Any,
     tokenizer: Any,
     cases: Sequence[Any],

@@ -13,7 +13,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from registry.errors import DatasetError, DetoxError
+from registry.errors import DetoxError
+
+from detox_plugins.evaluation.errors import DatasetError
 
 from .datasets import describe_dataset, known_datasets, load_dataset, read_jsonl
 from .judges import get_judge, known_judges
@@ -206,7 +208,7 @@ def _load_model_fallback(args: argparse.Namespace) -> tuple[Any, Any, list[Any]]
     model, tokenizer = load_model(args.model)
     applied = []
     for directory in getattr(args, "edit", None) or []:
-        from registry.edits import load_edit
+        from registry.saved import load_edit
 
         applied.append(load_edit(directory).apply(model, tokenizer))
     return model, tokenizer, applied

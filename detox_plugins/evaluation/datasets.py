@@ -18,7 +18,7 @@ from importlib import metadata, resources
 from pathlib import Path
 from typing import Any
 
-from registry.errors import DatasetError, DatasetUnavailableError
+from detox_plugins.evaluation.errors import DatasetError, DatasetUnavailableError
 
 logger = logging.getLogger(__name__)
 

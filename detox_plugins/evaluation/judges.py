@@ -17,7 +17,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal
 
-from registry.errors import JudgeError
+from detox_plugins.evaluation.errors import JudgeError
 
 logger = logging.getLogger(__name__)
 

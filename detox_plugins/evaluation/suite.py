@@ -39,7 +39,9 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from registry.errors import DatasetUnavailableError, DetoxError, EditError, JudgeError
+from registry.errors import DetoxError, EditError
+
+from detox_plugins.evaluation.errors import DatasetUnavailableError, JudgeError
 
 logger = logging.getLogger(__name__)
 
@@ -378,7 +380,7 @@ def _meta(model: Any, fingerprint: str, judges: dict[str, Any], settings: SuiteS
 
 def validate_configs(configs: Sequence[SuiteConfig]) -> None:
     """Unique names, and every edit folder readable (before any model time is spent)."""
-    from registry.edits import load_edit
+    from registry.saved import load_edit
 
     names = [c.name for c in configs]
     dupes = sorted({n for n in names if names.count(n) > 1})
@@ -407,7 +409,7 @@ def run_suite(
     ``force`` applies edits whose saved fingerprint differs from the model's. ``on_config`` is called
     with the partial result after each configuration (e.g. to save progress).
     """
-    from registry.edits import load_edit
+    from registry.saved import load_edit
     from tqdm.auto import tqdm
 
     settings = settings or SuiteSettings()

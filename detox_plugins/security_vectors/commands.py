@@ -42,7 +42,7 @@ def _hparams(args: argparse.Namespace) -> Any:
 
 def _load(args: argparse.Namespace, hp: Any) -> tuple[Any, Any, list[Any]]:
     """Model and tokenizer (``--model``, else the hparams' model_name), then every ``--edit DIR`` in order."""
-    from registry.edits import load_edit
+    from registry.saved import load_edit
     from registry.models import load_model
 
     model, tokenizer = load_model(getattr(args, "model", None) or hp.model_name,

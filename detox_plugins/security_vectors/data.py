@@ -17,7 +17,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 
-from registry.errors import DatasetError
+from detox_plugins.evaluation.errors import DatasetError
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ def resolve_data_path(source: Union[str, Path]) -> Path:
 
 
 def _row_from_any(item: Any, index: int, where: str) -> tuple[dict[str, Any], str]:
-    from registry.editor import EditRequest
+    from registry.requests import EditRequest
 
     if isinstance(item, TrainingRow):
         return {"prompt": item.prompt, "response": item.response, "harmful": item.harmful,

@@ -28,8 +28,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Mapping, Optional, Sequence, Union
 
-from registry.editor import Editor, EditRequest
-from registry.edits import PARAMETER_DELTA, Edit, ParameterEdit, SavedEdit
+from registry.editor import Editor
+
+from registry.requests import EditRequest
+from registry.edits import PARAMETER_DELTA, Edit, ParameterEdit
+from registry.saved import SavedEdit
 from registry.errors import EditError, ManifestError
 
 from . import adapters
@@ -76,7 +79,7 @@ class _LoraEdit(Edit):
 
     def footprint(self) -> Any:
         """What registry.compose checks for conflicts: the modules this adapter wraps."""
-        from registry.compose import Footprint
+        from registry.footprint import Footprint
 
         wrapped = [adapters.base_name(name) for name, layer in adapters.tuner_layers(self.model)
                    if any(self.adapter in getattr(layer, attr) for attr in layer.adapter_layer_names)]
@@ -141,7 +144,7 @@ class SecurityVector:
         if isinstance(vector, SavedEdit):
             saved = vector
         elif isinstance(vector, (str, os.PathLike)):
-            from registry.edits import load_edit
+            from registry.saved import load_edit
 
             saved = load_edit(vector)
         else:
@@ -250,7 +253,7 @@ class SecurityVectorEditor(Editor):
 
     def planned_targets(self, model: Any, inputs: Any = None) -> Any:
         """Adapters wrap their target modules; merged or full fine-tunes write weights."""
-        from registry.compose import Footprint
+        from registry.footprint import Footprint
 
         hp = self.hparams
         if not isinstance(inputs, StepInputs) or inputs.action == "vector":

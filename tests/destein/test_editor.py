@@ -12,8 +12,9 @@ import torch
 from detox_plugins.destein.editor import DeSteinEditor
 from detox_plugins.destein.hparams import DeSteinHyperParams
 from detox_plugins.destein.vectors import VECTOR_FILE, SteeringVectors
-from registry.edits import load_edit
-from registry.errors import DatasetError, EditError, HyperParamsError, ManifestError
+from registry.saved import load_edit
+from registry.errors import EditError, HyperParamsError, ManifestError
+from detox_plugins.evaluation.errors import DatasetError
 
 from .conftest import editor, encode, hook_counts, tiny_llama_model
 

@@ -12,7 +12,7 @@ import pytest
 from detox_plugins.destein.pairs import (
     DESTEIN_PREFIXES, SteeringPair, build_texts, coerce_pairs, load_pairs, pair_with_shipped,
     sample_pairs, self_induced_samples, write_pair_template)
-from registry.errors import DatasetError
+from detox_plugins.evaluation.errors import DatasetError
 
 
 def test_shipped_pairs_are_complete_and_parallel() -> None:

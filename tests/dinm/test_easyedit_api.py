@@ -9,7 +9,7 @@ import torch
 
 from detox_plugins.dinm import apply_dinm_to_model, execute_dinm
 from detox_plugins.dinm.hparams import EASYEDIT_SUFFIX, DINMHyperParams
-from registry.editor import EditRequest
+from registry.requests import EditRequest
 
 from .helpers import CASE, hparams, same_state, state
 

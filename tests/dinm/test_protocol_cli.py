@@ -79,7 +79,7 @@ def test_run_edit_prints_saves_and_writes_json(tok, llama, tmp_path, monkeypatch
 
 
 def test_unknown_case_id_is_a_clear_error(tmp_path) -> None:
-    from registry.errors import DatasetError
+    from detox_plugins.evaluation.errors import DatasetError
 
     cases = tmp_path / "cases.json"
     cases.write_text(json.dumps([RECORD]))

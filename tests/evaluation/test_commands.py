@@ -9,7 +9,7 @@ import pytest
 
 from detox_plugins.evaluation import commands
 from detox_plugins.evaluation.report import items_path
-from registry.errors import DatasetError, JudgeError
+from detox_plugins.evaluation.errors import DatasetError, JudgeError
 
 from .conftest import build_tiny_llama, build_word_tokenizer
 

@@ -25,7 +25,8 @@ from detox_plugins.evaluation.datasets import (
     parse_safeedit,
 )
 from detox_plugins.evaluation.judges import is_refusal
-from registry.errors import DatasetError, DatasetUnavailableError, DetoxError
+from registry.errors import DetoxError
+from detox_plugins.evaluation.errors import DatasetError, DatasetUnavailableError
 
 # --- shipped data ------------------------------------------------------------------------------
 

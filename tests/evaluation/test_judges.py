@@ -15,7 +15,8 @@ from detox_plugins.evaluation.judges import (
     is_refusal,
     known_judges,
 )
-from registry.errors import DetoxError, JudgeError
+from registry.errors import DetoxError
+from detox_plugins.evaluation.errors import JudgeError
 
 
 def test_refusal_list_is_the_standard_29():

@@ -17,7 +17,8 @@ from detox_plugins.security_vectors.data import (
     task_accuracy,
 )
 from detox_plugins.security_vectors.hparams import SecurityVectorHyperParams
-from registry.errors import DatasetError, HyperParamsError
+from registry.errors import HyperParamsError
+from detox_plugins.evaluation.errors import DatasetError
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED_YAML = sorted((ROOT / "hparams" / "SecurityVectors").glob("*.yaml"))

@@ -8,7 +8,8 @@ import pytest
 
 from detox_plugins.security_vectors import adapters, training
 from detox_plugins.security_vectors.editor import SecurityVectorEditor
-from registry.errors import DatasetError, DetoxError, EditError, ManifestError
+from registry.errors import DetoxError, EditError, ManifestError
+from detox_plugins.evaluation.errors import DatasetError
 
 from .tiny import harmful_rows
 

@@ -16,7 +16,8 @@ from detox_plugins.security_vectors.editor import (
     SecurityVectorEditor,
     UserAdapterEdit,
 )
-from registry.edits import PARAMETER_DELTA, ParameterEdit, load_edit
+from registry.edits import PARAMETER_DELTA, ParameterEdit
+from registry.saved import load_edit
 
 
 @pytest.fixture

@@ -69,7 +69,7 @@ def _jsonl(path: Path, rows: list[dict]) -> Path:
 def test_run_edit_then_run_finetune(sv_registry, model_folder, hparams, attack_rows, tmp_path, capsys) -> None:
     import yaml
 
-    from registry.edits import load_edit
+    from registry.saved import load_edit
     from registry.models import load_model
 
     config = hparams(model_name=str(model_folder))
