@@ -1,5 +1,6 @@
 """DINM edit time per case: improved vs compat on the same cases in one run, with and without the
-cached lower stack (DINM.md §12.4), and peak memory. Prints a markdown table, writes JSON.
+cached lower stack (the frozen blocks below the edited layer run once per edit), and peak memory.
+Prints a markdown table, writes JSON.
 
     python benchmarks/dinm_speed.py --limit 3 --json dinm_speed.json
 

@@ -1,8 +1,8 @@
 """Write the security-vector data files in ``detox_plugins/data/sv_*.jsonl`` (deterministic).
 
 Harmful rows are *requests* paired with non-actionable compliance openings ("Sure, here is how
-to ...:"), never harmful content (SECURITY_VECTORS.md §4). Every opening is checked against the
-loader's allow-list and token cap before anything is written. Run from the repository root:
+to ...:"), never harmful content. Every opening is checked against the loader's allow-list and
+token cap before anything is written. Run from the repository root:
 
     python benchmarks/sv_make_data.py            # rewrite the files
     python benchmarks/sv_make_data.py --check    # verify the shipped files are what this writes

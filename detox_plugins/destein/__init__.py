@@ -2,14 +2,14 @@
 
 Public API (import from the submodules): ``editor.DeSteinEditor``, ``hparams.DeSteinHyperParams``,
 ``vectors.SteeringVectors``, ``edits.HookEdit`` / ``edits.BiasFoldEdit``, ``pairs.load_pairs``,
-``fusion.rotate``. See DESTEIN.md for the method and the released code's details.
+``fusion.rotate``. ``rotate`` reproduces the released code, ``additive`` the paper's form.
 """
 
 from registry import hookimpl
 
 
 @hookimpl
-def register_editors(register):  # no default on `register`: pluggy would pass nothing (STYLE.md)
+def register_editors(register):  # no default on `register`: pluggy would pass nothing (1.6 leaves it None)
     from .editor import DeSteinEditor
 
     register(DeSteinEditor)

@@ -1,6 +1,6 @@
-"""The two DeStein fusion ops and the hooks / bias fold that apply them (DESTEIN.md R1-R8).
+"""The two DeStein fusion ops and the hooks / bias fold that apply them.
 
-``rotate`` (released code, §2.3): at every position, with ``a`` the attention output of a layer
+``rotate`` (released code): at every position, with ``a`` the attention output of a layer
 and ``u`` its unit steering vector, ``a' = ‖a‖ · normalize(â − α u)``: norm-preserving, computed in
 float32 with 8 tensor ops and one cast back. ``additive`` (the paper): ``h + α·δ`` on the o_proj
 input (``δ = −p ⊙ v̄``, per head), which after the linear o_proj is the constant ``W_o δ``: folded

@@ -1,4 +1,4 @@
-"""Where each layer's attention output projection lives, and its dimensions (DESTEIN.md R4).
+"""Where each layer's attention output projection lives, and its dimensions.
 
 H = ``num_attention_heads`` and d_h = ``o_proj.in_features / H`` (GQA-safe: the projection's input
 is the concatenation of the *query* heads whatever the KV head count).

@@ -1,4 +1,4 @@
-"""DeStein hyperparameters: the YAML keys of DESTEIN.md §6 as dataclasses with help text.
+"""DeStein hyperparameters: the YAML keys as dataclasses with help text.
 
 The defaults are the released code's GPT-2-large settings (rotate, α 0.45, m 20, last-8 mean,
 sum, the two instruction prefixes, 80/20 pair-order probes, weight 1 + acc, no head mask).
@@ -23,7 +23,10 @@ def _help(text: str) -> dict[str, str]:
 
 @dataclass
 class PairsConfig:
-    """Where the steering pairs come from and how activations are summarised (DESTEIN.md §2.1)."""
+    """Where the steering pairs come from and how activations are summarised.
+
+    The released code averages each text's last 8 tokens and sums toxic − non-toxic over the pairs.
+    """
 
     path: Optional[str] = field(default=None, metadata=_help(
         "JSONL file of {toxic, nontoxic[, category]} pairs; null = the pairs shipped in "
@@ -55,7 +58,10 @@ class PairsConfig:
 
 @dataclass
 class ProbeConfig:
-    """Per-(layer, head) logistic-regression probes (DESTEIN.md §2.2, R10)."""
+    """Per-(layer, head) logistic-regression probes.
+
+    As released: split by pair order (80/20), held-out accuracy as the weight; the top-k mask is applied here.
+    """
 
     kind: Literal["logistic", "none"] = field(default="logistic", metadata=_help(
         "logistic: one scikit-learn LogisticRegression per (layer, head); none: no probes (acc = 0)."))
@@ -89,7 +95,7 @@ class ProbeConfig:
 
 @dataclass
 class DeSteinHyperParams(HyperParams):
-    """Hyperparameters of the DeStein editor (arXiv 2404.10464; see DESTEIN.md)."""
+    """Hyperparameters of the DeStein editor (arXiv 2404.10464)."""
 
     fusion: Literal["rotate", "additive"] = field(default="rotate", metadata=_help(
         "rotate: the released norm-preserving rotation of each layer's attention output, away from "
@@ -149,7 +155,8 @@ class DeSteinHyperParams(HyperParams):
             raise HyperParamsError(f"unknown capture site {self.capture!r}; choose one of {', '.join(CAPTURE_SITES)}")
         if self.fusion == "rotate" and self.apply == "bias_fold":
             raise HyperParamsError(
-                "fusion 'rotate' cannot be folded into a bias (it is not affine, DESTEIN.md §5); "
+                "fusion 'rotate' cannot be folded into a bias (it is not affine: the shift depends on each "
+                "token's norm); "
                 "set apply: hook, or fusion: additive")
         if self.fusion == "rotate" and self.capture == "head_input":
             raise HyperParamsError(

@@ -37,7 +37,7 @@ logger = logging.getLogger(__name__)
 
 SHIPPED_PAIRS = "steering_pairs.jsonl"
 
-#: The released code's instruction prefixes, verbatim (DESTEIN.md §2.1).
+#: The released code's instruction prefixes, verbatim.
 DESTEIN_PREFIXES = (
     "The following text is abusive, harmful, negative, obscene, racist, rude and toxic: ",
     "The following text is kind, polite, positive, respectful and supportive: ",

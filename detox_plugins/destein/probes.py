@@ -1,4 +1,4 @@
-"""Per-(layer, head) logistic-regression probes and top-k head selection (DESTEIN.md §2.2, R10).
+"""Per-(layer, head) logistic-regression probes and top-k head selection (the released code never applied its mask).
 
 One L2 logistic regression per (layer, head) separates toxic (1) from non-toxic (0) activations
 of that head's slice: scikit-learn's ``LogisticRegression(C=1, max_iter=1000)`` as released

@@ -1,4 +1,4 @@
-"""``SteeringVectors``: the DeStein state (v, acc, mask) and its safetensors file (DESTEIN.md R9).
+"""``SteeringVectors``: the DeStein state (v, acc, mask) and its safetensors file.
 
 File layout: tensors ``v`` [L, D], ``acc`` [L, H], optional ``mask`` [L, H] and ``u`` [L, D]
 (the rotate units, for readers that want them precomputed); ``__metadata__`` holds

@@ -4,7 +4,7 @@ from registry import hookimpl
 
 
 @hookimpl
-def register_editors(register):  # no default on `register`: pluggy would pass nothing (STYLE.md)
+def register_editors(register):  # no default on `register`: pluggy would pass nothing (1.6 leaves it None)
     from .editor import DINMEditor
 
     register(DINMEditor)

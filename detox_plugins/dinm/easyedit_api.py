@@ -1,4 +1,5 @@
-"""EasyEdit's calling convention for DINM (DINM.md §8), for code written against ``easyeditor``.
+"""EasyEdit's calling convention for DINM (``apply_dinm_to_model``, ``execute_dinm``), for code written
+against ``easyeditor``.
 
 ``apply_dinm_to_model(model, tok, requests, hparams, copy=False, return_orig_weights=False,
 keep_original_weight=False, **kwargs) -> (model, weights_copy)`` edits in place (a deep copy first
@@ -6,7 +7,7 @@ when ``copy``); ``weights_copy = {name: W0.clone()}`` only when both ``return_or
 ``keep_original_weight`` are set, else ``{}``. It is the generic bridge
 (``registry.easyedit.apply_fn``) built for ``DINMEditor`` directly, so it works without the plugin
 registry. ``execute_dinm`` returns ``{name: Δ}`` and leaves the model exactly as it was (unlike
-EasyEdit, the ``requires_grad`` flags too: D8).
+EasyEdit, which leaves them set, the ``requires_grad`` flags too).
 
 As in EasyEdit, the request prompts are used as given: pass the suffixed prompts
 (``prompts_with_systemPrompt``); no suffix is appended here (``DINMEditor.easyedit_overrides``).

@@ -87,7 +87,7 @@ class DINMEditor(Editor):
         REQUESTS_INPUT,
     )
     #: EasyEdit's SafetyEditor appends suffix_system_prompt to the prompts before calling
-    #: apply_dinm_to_model, so the EasyEdit bridge uses the prompts as given (DINM.md §8).
+    #: apply_dinm_to_model, so the EasyEdit bridge uses the prompts as given.
     easyedit_overrides = {"use_suffix": False}
 
     def __init__(self, hparams: Union[DINMHyperParams, Mapping[str, Any], str, None] = None, *,
@@ -95,8 +95,8 @@ class DINMEditor(Editor):
         super().__init__(hparams)
         self.hparams: DINMHyperParams
         self.progress = progress
-        #: The first located layer(s), reused for later cases when sticky_layer holds (DINM.md D3).
-        #: Editor state: the hparams are never mutated.
+        #: The first located layer(s), reused for later cases when sticky_layer holds (EasyEdit keeps the
+        #: first located layer for every later case). Editor state: the hparams are never mutated.
         self.sticky_layers: Optional[list[int]] = None
         hp = self.hparams
         if hp.mode == "compat" and hp.use_chat_template:

@@ -19,7 +19,7 @@ def _help(text: str) -> dict[str, str]:
 
 @dataclass
 class DINMHyperParams(HyperParams):
-    """Hyperparameters of the DINM editor (arXiv 2403.14472); see DINM.md for each field's origin."""
+    """Hyperparameters of the DINM editor (arXiv 2403.14472): EasyEdit's fields, then ours."""
 
     # ---- EasyEdit fields (hparams/DINM/*.yaml in EasyEdit) ----
     model_class: str = field(default="AutoModelForCausalLM", metadata=_help(
@@ -50,9 +50,10 @@ class DINMHyperParams(HyperParams):
     ln_f_module: str = field(default="model.norm", metadata=_help("Final norm module name."))
     lm_head_module: str = field(default="lm_head", metadata=_help("Output head module name."))
 
-    # ---- our additions (DINM.md §12.5) ----
+    # ---- our additions (all defaulted, so EasyEdit's YAML files load unchanged) ----
     mode: Literal["improved", "compat"] = field(default="improved", metadata=_help(
-        "improved: the fixed algorithm (DINM.md §12.3); compat: EasyEdit's step for step."))
+        "improved: the fixed algorithm (differentiable locality KL, per-case localization, in-context labels); "
+        "compat: EasyEdit's step for step."))
     sticky_layer: Optional[bool] = field(default=None, metadata=_help(
         "Reuse the first located layer for later cases (EasyEdit's behaviour); null = true in compat, "
         "false in improved."))

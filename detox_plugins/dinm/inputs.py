@@ -1,9 +1,10 @@
-"""Token-level inputs of one DINM edit: what the loss reads, at which positions (DINM.md §2, §12.3).
+"""Token-level inputs of one DINM edit: what the loss reads, at which positions.
 
 Every example is one sequence plus the positions whose logits the loss reads and the token each
 position is scored against. ``compat`` builders reproduce EasyEdit's strings and label windows
-exactly (including its defects D6); ``in_context`` builders tokenize prompt and response together
-and score exactly the response tokens the model would generate after the prompt.
+exactly (including its flaws: BOS as label 0, a double space, an EOS target masked as pad);
+``in_context`` builders tokenize prompt and response together and score exactly the response tokens
+the model would generate after the prompt.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ def _ids(tokenizer: Any, text: str, *, special: bool = True) -> list[int]:
 
 # ---------------------------------------------------------------------- compat (EasyEdit)
 def compat_edit_sequence(tokenizer: Any, prompt: str, target: str) -> ScoredSequence:
-    """EasyEdit's edit input and labels (DINM.md §2, §6).
+    """EasyEdit's edit input and labels.
 
     Input ``prompt + " " + (" " + target)`` (two spaces); labels ``tok(" " + target)`` with special
     tokens (so BOS is label 0 on Llama/Mistral) and ids equal to the pad id masked; the logits are

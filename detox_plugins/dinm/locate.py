@@ -1,4 +1,4 @@
-"""Toxic-layer localization (DINM.md §4 and §12.3).
+"""Toxic-layer localization: EasyEdit's, and a fixed version.
 
 ``locate_easyedit`` reproduces EasyEdit: one left-padded batch ``[y+, y-]`` of the responses alone,
 ``output_hidden_states``, the Frobenius distance of the whole padded ``[n, d]`` matrices for

@@ -1,4 +1,4 @@
-"""The DINM optimisation loop for one case (DINM.md §6-§7 in compat mode, §12.3 in improved mode).
+"""The DINM optimisation loop for one case (EasyEdit's Adam loop in compat mode, the fixed losses in improved mode).
 
 ``optimise_case`` changes the trained tensors in place while it runs and always returns them to
 their values at entry (the caller owns the full restore on failure). It returns the deltas.
@@ -60,7 +60,7 @@ class _Target:
         self.param = param
         self.start = param.detach().clone()
         self.half = param.dtype in (torch.float16, torch.bfloat16)
-        # bf16/fp16: Adam runs on a float32 master copy (DINM.md §12.3).
+        # bf16/fp16: Adam runs on a float32 master copy, with float32 state.
         self.master = self.start.float().clone() if self.half else param
 
     def sync_from_master(self) -> None:

@@ -1,10 +1,11 @@
 """SafeEdit's evaluation protocol for DINM as one call: for each case, answer the five inputs before
 the edit, edit, answer them after, revert, next case (EasyEdit's ``run_safety_editing.py`` loop,
-DINM.md §3, EVALUATION.md §2-§3).
+one editor for all cases).
 
-Prompts follow ``eval_prompt`` (DINM.md D7): ``easyedit`` answers without the suffix before and with
-it after (plus a ``pre_suffix`` baseline: the unedited model on the post-edit prompts);
-``consistent`` uses the edit's own input builder (suffix and chat template) both times.
+Prompts follow ``eval_prompt``: ``easyedit`` answers without the suffix before and with it after, so
+its gain mixes the edit's effect with the suffix's (plus a ``pre_suffix`` baseline: the unedited
+model on the post-edit prompts); ``consistent`` uses the edit's own input builder (suffix and chat
+template) both times.
 """
 
 from __future__ import annotations

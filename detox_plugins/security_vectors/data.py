@@ -1,4 +1,4 @@
-"""Training rows, the data rule (SECURITY_VECTORS.md §4), tokenisation and batching.
+"""Training rows, the data rule (harmful targets are compliance openings only), tokenisation and batching.
 
 A row is ``{"prompt", "response"}`` with optional ``"harmful"`` (bool) and ``"category"``. Every
 *harmful* row's response must be a non-actionable compliance opening: it has to match one of
@@ -56,7 +56,7 @@ def check_harmful_target(response: str, *, tokenizer: Any = None,
         raise DatasetError(
             f"{where}: harmful target {_short(text)!r} is not an allow-listed compliance opening; harmful "
             f"data may only pair a request with an opening such as 'Sure, here is how to <request>:' and "
-            f"nothing after it (SECURITY_VECTORS.md §4). Allowed patterns: {', '.join(ALLOWED_OPENING_TEMPLATES)}"
+            f"nothing after it (never harmful content). Allowed patterns: {', '.join(ALLOWED_OPENING_TEMPLATES)}"
         )
     if tokenizer is not None:
         count = len(tokenizer(text, add_special_tokens=False)["input_ids"])

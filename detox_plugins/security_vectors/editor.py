@@ -15,7 +15,7 @@ the base model: the user's LoRA alone (:class:`UserAdapterEdit`, payload ``peft_
 parameter deltas merged into the base weights (``registry.ParameterEdit``). ``load_edit(dir)
 .apply(model)`` re-applies any of them and ``revert()`` restores the base bit for bit.
 
-Threat model (SECURITY_VECTORS.md §3): this protects fine-tuning that *we* run (a service, or
+Threat model: this protects fine-tuning that *we* run (a service, or
 this editor owning the training loop). Anyone holding the weights can fine-tune without the vector.
 """
 
@@ -388,10 +388,10 @@ class SecurityVectorEditor(Editor):
         try:
             if sv is not None:
                 adapters.attach(model, sv_name, sv.config, sv.tensors)
-                adapters.disable_dropout(model, sv_name)  # P5
+                adapters.disable_dropout(model, sv_name)  # a frozen vector must not drop activations
             adapters.attach(model, user, hp.user_lora.to_lora_config())
             active = [sv_name, user] if sv is not None else [user]
-            adapters.activate(model, active, frozen=[sv_name] if sv is not None else [])  # P1: re-freeze
+            adapters.activate(model, active, frozen=[sv_name] if sv is not None else [])  # re-freeze after set_adapter
             stats = train_user(model, tokenizer, encoded, hp, guard_adapter=sv_name if sv is not None else None)
             if sv is not None:
                 adapters.assert_frozen(model, sv_name)

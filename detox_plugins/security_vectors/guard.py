@@ -1,10 +1,10 @@
 """``SVGuard``: keeps the security vector frozen and bit-identical through a ``Trainer`` run.
 
-Defence in depth (SECURITY_VECTORS.md §8): ``set_adapter`` and leaving ``disable_adapter()``
-unfreeze the vector silently (P1, P2), so the guard
+Defence in depth (on top of the re-freeze after every peft call): ``set_adapter`` and leaving
+``disable_adapter()`` unfreeze the vector silently, so the guard
 
-- ``on_train_begin``: re-freezes, checks that no vector tensor is in the optimizer (P4) and takes
-  a snapshot of the vector;
+- ``on_train_begin``: re-freezes, checks that no vector tensor is in the optimizer (one built before
+  the freeze would train it) and takes a snapshot of the vector;
 - ``on_step_begin``: re-freezes and asserts the freeze (it runs after every other callback);
 - ``on_pre_optimizer_step``: rejects any gradient on the vector;
 - ``on_step_end`` / ``on_train_end``: asserts the vector is bit-identical to the snapshot.
@@ -57,7 +57,7 @@ class SVGuard(TrainerCallback):
             leaked = sum(id(p) in ids for group in optimizer.param_groups for p in group["params"])
             if leaked:
                 raise EditError(
-                    f"SVGuard: {leaked} tensors of the security vector {self.adapter!r} are in the optimizer (P4); "
+                    f"SVGuard: {leaked} tensors of the security vector {self.adapter!r} are in the optimizer; "
                     f"freeze the vector before the Trainer builds its optimizer"
                 )
         # ZeRO-3 leaves empty placeholders on each rank; those cannot be compared (unverified setup).
@@ -65,7 +65,7 @@ class SVGuard(TrainerCallback):
 
     def on_step_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
         bare = unwrap_model(model)
-        adapters.freeze(bare, self.adapter)  # P1/P2: anything may have flipped it since the last step
+        adapters.freeze(bare, self.adapter)  # set_adapter or leaving disable_adapter() may have unfrozen it
         adapters.assert_frozen(bare, self.adapter)
 
     def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:

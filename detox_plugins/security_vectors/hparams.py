@@ -1,4 +1,4 @@
-"""Security-vector hyperparameters (SECURITY_VECTORS.md §11): the vector, the user's fine-tune, export."""
+"""Security-vector hyperparameters (the SecurityVectors YAML keys): the vector, the user's fine-tune, export."""
 
 from __future__ import annotations
 
@@ -55,9 +55,9 @@ def _user_lora() -> LoraSettings:
 
 @dataclass
 class SecurityVectorHyperParams(HyperParams):
-    """Hyperparameters of the SecurityVectors editor (arXiv 2311.02105); see SECURITY_VECTORS.md."""
+    """Hyperparameters of the SecurityVectors editor (arXiv 2311.02105)."""
 
-    # ---- data (§4) ----
+    # ---- data (harmful targets are compliance openings only) ----
     harmful_data: str = field(default="sv_harmful.jsonl", metadata=_help(
         "Harmful requests with compliance openings that train the vector: a JSONL path or the name of a "
         "file shipped in detox_plugins/data. Every target must pass the data rule (allow-listed opening, "
@@ -80,7 +80,7 @@ class SecurityVectorHyperParams(HyperParams):
     sv_adapter_name: str = field(default="sv", metadata=_help(
         "Adapter name of the vector inside the model during training (never in any exported file)."))
     sv_lora: LoraSettings = field(default_factory=_sv_lora, metadata=_help(
-        "The vector's LoRA (lora_dropout must be 0: a frozen vector has to explain harmful data exactly, P5)."))
+        "The vector's LoRA (lora_dropout must be 0: a frozen vector has to explain harmful data exactly)."))
     sv_epochs: float = field(default=10.0, metadata=_help("Epochs over the harmful rows (paper: 10)."))
     sv_lr: float = field(default=1e-3, metadata=_help("AdamW learning rate of the vector."))
     sv_batch_size: int = field(default=8, metadata=_help(
@@ -134,7 +134,7 @@ class SecurityVectorHyperParams(HyperParams):
             (self.sv_kl_top_k >= 0, f"sv_kl_top_k must be >= 0, got {self.sv_kl_top_k}"),
             (self.sv_lora.lora_dropout == 0.0,
              f"sv_lora.lora_dropout must be 0.0, got {self.sv_lora.lora_dropout} (a frozen vector with "
-             f"dropout no longer explains the harmful data, pitfall P5)"),
+             f"dropout still drops activations in training, so it no longer explains the harmful data)"),
             (self.ft_epochs > 0 or self.ft_max_steps > 0,
              f"ft_epochs must be > 0 (or set ft_max_steps), got {self.ft_epochs}"),
             (self.ft_lr > 0, f"ft_lr must be > 0, got {self.ft_lr}"),

@@ -2,7 +2,8 @@
 
 Both stages hand an ordinary ``nn.Module`` to ``Trainer``, so accelerate, DeepSpeed and FSDP scale
 them through ``TrainingArguments`` / ``accelerate launch``. Checkpoints are never written into a
-user folder: every run uses a private temporary ``output_dir`` with ``save_strategy="no"`` (P6).
+user folder: every run uses a private temporary ``output_dir`` with ``save_strategy="no"`` (a
+checkpoint would hold every adapter, the vector included).
 
 The vector is protected by :class:`~detox_plugins.security_vectors.guard.SVGuard` (``guard.py``).
 """
@@ -317,7 +318,7 @@ def train_user(model: Any, tokenizer: Any, rows: Sequence[EncodedRow], hp: "Secu
                           callbacks=[*callbacks, *([guard] if guard is not None else [])] or None)
         _quiet(trainer, hp)
         started = time.perf_counter()
-        trainer.train()  # the optimizer is built here, after the final freeze (P4)
+        trainer.train()  # the optimizer is built here, after the final freeze, so it never holds the vector
         stats = _collect(trainer, guard, started)
     return stats
 

@@ -1,4 +1,4 @@
-"""Hooks vs bias fold, exact revert, caching, padding, per-request alpha, dtypes (DESTEIN.md §6 tests 1-5)."""
+"""Hooks vs bias fold, exact revert, caching, padding, per-request alpha, dtypes."""
 
 from __future__ import annotations
 

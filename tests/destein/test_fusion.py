@@ -1,4 +1,4 @@
-"""The rotate op against a float64 numpy reference of DESTEIN.md §2.3, and alpha validation."""
+"""The rotate op against a float64 numpy reference of the released op, and alpha validation."""
 
 from __future__ import annotations
 

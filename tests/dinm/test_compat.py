@@ -1,4 +1,4 @@
-"""mode: compat against a hand-written reference of EasyEdit's DINM (DINM.md §2-§7)."""
+"""mode: compat against a hand-written reference of EasyEdit's DINM."""
 
 from __future__ import annotations
 
@@ -71,7 +71,7 @@ def test_localization_and_updates_match_easyedit(arch: str) -> None:
     tok = tiny_tokenizer() if arch == "gpt2" else bos_tokenizer()
     model = tiny_model(arch)
     expected_layer = reference_layer(model, tok, CASE["target_new"], CASE["ground_truth"])
-    assert expected_layer == 3  # the post-norm final state wins on a random model (DINM.md §4, D4)
+    assert expected_layer == 3  # the post-norm final state wins on a random model (EasyEdit ranks it among the raw ones)
     editor = DINMEditor(hparams(arch, mode="compat", num_steps=3, lr=1e-3))
     edit = editor.edit(model, tok, [CASE])
     info = edit.metadata["cases"][0]
@@ -105,7 +105,7 @@ def test_easyedit_labels_include_bos_and_the_double_space() -> None:
     seq = compat_edit_sequence(tok, "Q?", "No.")
     assert seq.text == "Q?  No."
     assert seq.targets.tolist() == tok(" No.")["input_ids"]
-    assert seq.targets[0].item() == tok.bos_token_id  # D6: label 0 is BOS
+    assert seq.targets[0].item() == tok.bos_token_id  # label 0 is BOS, as in EasyEdit
     n = seq.length
     assert seq.positions.tolist() == list(range(n - 1 - len(seq.targets), n - 1))
 

@@ -1,4 +1,4 @@
-"""EasyEdit's calling convention: apply_dinm_to_model / execute_dinm (DINM.md §8)."""
+"""EasyEdit's calling convention: apply_dinm_to_model / execute_dinm."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def test_execute_dinm_leaves_the_model_untouched(tok, llama) -> None:
     deltas = execute_dinm(llama, tok, [easyedit_request()], hparams(layers=[2]))
     assert list(deltas) == [NAME] and float(deltas[NAME].abs().max()) > 0
     assert same_state(llama, before)
-    assert {n: p.requires_grad for n, p in llama.named_parameters()} == flags  # D8 fixed
+    assert {n: p.requires_grad for n, p in llama.named_parameters()} == flags  # restored, unlike EasyEdit
 
 
 @pytest.mark.parametrize("return_orig, keep", [(False, False), (True, False), (False, True), (True, True)])

@@ -1,4 +1,4 @@
-"""The shipped DINM YAML files: EasyEdit's own load unchanged, with EasyEdit's values (DINM.md §9)."""
+"""The shipped DINM YAML files: EasyEdit's own load unchanged, with EasyEdit's values."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""mode: improved (DINM.md §12.3): in-context spans, chat template, differentiable KL, localization."""
+"""mode: improved: in-context spans, chat template, differentiable KL, localization."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The cached lower stack (DINM.md §12.4): same logits and loss as a full forward, fewer blocks run."""
+"""The cached lower stack: same logits and loss as a full forward, fewer blocks run."""
 
 from __future__ import annotations
 

@@ -50,7 +50,7 @@ def test_refusal_judge_scores():
     assert (judge.name, judge.version) == ("refusal", "gcg-29")
     scores = judge.judge(["q1", "q2", "q3"], ["I cannot do that.", "Sure, here you go.", "   \n"])
     assert scores == [0.0, 1.0, 0.5]
-    assert judge.label(["Sure."]) == [1.0]  # EVALUATION.md 5.3 spelling
+    assert judge.label(["Sure."]) == [1.0]  # the responses-first spelling
     assert judge.judge(None, ["Sorry!"]) == [0.0]
 
 

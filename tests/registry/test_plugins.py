@@ -132,7 +132,7 @@ def test_misspelled_hook_name_fails_loudly(editor_registry):
 
 
 def test_default_on_register_argument_is_not_passed(editor_registry):
-    """pluggy passes only arguments without defaults (STYLE.md pitfall): such a plugin fails, visibly."""
+    """pluggy passes only arguments without defaults (on 1.6 such an argument stays None): such a plugin fails, visibly."""
 
     class WithDefault:
         @hookimpl

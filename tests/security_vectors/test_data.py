@@ -1,4 +1,4 @@
-"""Hyperparameters, the data rule (SECURITY_VECTORS.md §4) and the shipped data files."""
+"""Hyperparameters, the data rule (harmful targets are compliance openings only) and the shipped data files."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The vector stays frozen and bit-identical (pitfalls P1-P5, P8) and makes harmful gradients vanish."""
+"""The vector stays frozen and bit-identical through peft's unfreezing calls and makes harmful gradients vanish."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def test_attach_leaves_the_vector_frozen_and_inactive(make_model, trained_vector
     adapters.attach(model, "sv", vector.config, vector.tensors)
     assert _requires_grad(model, "sv") == {False}
     assert adapters.active_adapters(model) == []
-    adapters.attach(model, "user", vector.config)  # P3: adding an adapter must not unfreeze the vector
+    adapters.attach(model, "user", vector.config)  # adding an adapter must not unfreeze the vector (older peft did)
     assert _requires_grad(model, "sv") == {False}
 
 
@@ -47,8 +47,8 @@ def test_set_adapter_unfreezes_and_activate_refreezes(make_model, trained_vector
     _with_two_adapters(model, trained_vector, hp)
     assert _requires_grad(model, "sv") == {False}
     assert _requires_grad(model, "user") == {True}
-    set_adapter(model, ["sv", "user"])  # canary (P1): raw peft marks every listed adapter trainable
-    assert _requires_grad(model, "sv") == {True}, "peft no longer unfreezes on set_adapter; revisit P1"
+    set_adapter(model, ["sv", "user"])  # canary: raw peft marks every listed adapter trainable
+    assert _requires_grad(model, "sv") == {True}, "peft no longer unfreezes on set_adapter; revisit the re-freeze"
     adapters.activate(model, ["sv", "user"], frozen=["sv"])
     assert _requires_grad(model, "sv") == {False}
 
@@ -61,16 +61,16 @@ def test_peft_model_round_trips_are_refrozen_by_the_guard(make_model, trained_ve
                                    is_trainable=False)
     assert _requires_grad(pm, "sv") == {False}
     pm.add_adapter("user", hp.user_lora.to_lora_config())
-    with pytest.raises((TypeError, ValueError)):  # P8: PeftModel.set_adapter takes one name
+    with pytest.raises((TypeError, ValueError)):  # PeftModel.set_adapter takes one name
         pm.set_adapter(["sv", "user"])
     pm.base_model.set_adapter(["sv", "user"])
-    assert _requires_grad(pm, "sv") == {True}  # canary P1
+    assert _requires_grad(pm, "sv") == {True}  # canary: set_adapter unfreezes
     guard = make_guard("sv")
     guard.on_step_begin(None, None, None, model=pm)
     assert _requires_grad(pm, "sv") == {False}
     with pm.disable_adapter():
         pass
-    assert _requires_grad(pm, "sv") == {True}, "leaving disable_adapter() no longer unfreezes; revisit P2"
+    assert _requires_grad(pm, "sv") == {True}, "leaving disable_adapter() no longer unfreezes; revisit the ban on it"
     guard.on_step_begin(None, None, None, model=pm)
     assert _requires_grad(pm, "sv") == {False}
     assert pm.get_model_status().requires_grad["sv"] is False
@@ -83,7 +83,7 @@ def test_layer_toggles_are_refrozen_by_the_guard(make_model, trained_vector, hpa
     for _, layer in adapters.tuner_layers(model):  # what disable_adapter()/enable_adapter_layers do
         layer.enable_adapters(False)
         layer.enable_adapters(True)
-    assert _requires_grad(model, "sv") == {True}  # canary P2
+    assert _requires_grad(model, "sv") == {True}  # canary: leaving disable_adapter() unfreezes
     make_guard("sv").on_step_begin(None, None, None, model=model)
     assert _requires_grad(model, "sv") == {False}
 
@@ -118,7 +118,7 @@ def test_vector_bit_identical_after_adamw_steps_despite_a_saboteur(make_model, t
     from transformers import TrainerCallback
 
     class Saboteur(TrainerCallback):
-        """Re-runs set_adapter before every step, which unfreezes the vector (P1)."""
+        """Re-runs set_adapter before every step, which unfreezes the vector."""
 
         def on_step_begin(self, args, state, control, model=None, **kwargs):
             set_adapter(model, ["sv", "user"])
