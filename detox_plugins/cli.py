@@ -7,14 +7,29 @@ traceback) and exit non-zero.
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import logging
+import os
 import sys
 import textwrap
-from typing import Any, Callable, Optional, Sequence
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping, Optional, Sequence
 
-from registry.errors import DetoxError
+import yaml
+
+from registry.catalog import from_hparams, resolve_hparams_path, shipped_hparams
+from registry.commandline import add_model_arguments, check_new_output, load_model_from_args
+from registry.compose import StepFootprint, applied_footprints, describe_edit, raise_on_conflicts
+from registry.errors import DetoxError, HyperParamsError
+from registry.fingerprint import model_fingerprint
+from registry.hparams import HyperParams, peek_alg_name
+from registry.inputs import InputField
+from registry.pipeline import load_pipeline, run_pipeline
+from registry.plugins import CommandInfo, get_editor, list_commands, list_editors, load_editors
+from registry.saved import SavedEdit, load_edit
+
+from detox_plugins.evaluation.commands import add_subcommands as add_evaluation_commands
 
 logger = logging.getLogger("detox")
 
@@ -37,8 +52,6 @@ def _add(subparsers: Any, name: str, summary: str, example: str, func: Callable[
 
 # ---------------------------------------------------------------------- plugins
 def cmd_plugins(args: argparse.Namespace) -> int:
-    from registry.plugins import list_editors
-
     rows = list_editors()
     if args.json:
         print(json.dumps([row.as_dict() for row in rows], indent=2))
@@ -50,13 +63,16 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     _print_table(table)
     if not rows:
         print("no editors installed (entry-point group 'model_editors')")
+    commands = list_commands()
+    if commands:
+        print("\ncommands the plugins add:")
+        _print_table([("command", "distribution", "summary")] + [
+            (c.command.name, c.distribution, textwrap.shorten(c.command.summary, 70)) for c in commands])
     return 0
 
 
 # ---------------------------------------------------------------------- hparams
 def cmd_hparams_list(args: argparse.Namespace) -> int:
-    from registry.catalog import shipped_hparams
-
     shipped = shipped_hparams()
     if args.json:
         print(json.dumps({name: str(path) for name, path in sorted(shipped.items())}, indent=2))
@@ -69,8 +85,6 @@ def cmd_hparams_list(args: argparse.Namespace) -> int:
 
 
 def cmd_hparams_show(args: argparse.Namespace) -> int:
-    from registry import from_hparams, resolve_hparams_path
-
     path = resolve_hparams_path(args.name)
     hparams = from_hparams(path)
     if args.json:
@@ -88,33 +102,13 @@ def cmd_hparams_show(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------- generate
-def load_model_for(args: argparse.Namespace, default: Any = None) -> tuple[Any, Any, list[Any]]:
-    """Model and tokenizer from --model/--hparams (else ``default``), with every --edit DIR applied in order."""
-    from registry.models import load_model
-
-    spec: Any = args.model if args.model is not None else default
-    hparams_name = getattr(args, "hparams", None)
-    if spec is None and hparams_name:
-        from registry import from_hparams
-
-        spec = from_hparams(hparams_name)
-    model, tokenizer = load_model(spec, dtype=getattr(args, "dtype", None), device=getattr(args, "device", None))
-    applied = []
-    for directory in getattr(args, "edit", None) or []:
-        from registry.saved import load_edit
-
-        applied.append(load_edit(directory).apply(model, tokenizer, force=getattr(args, "force", False)))
-        logger.info("applied edit %s", directory)
-    return model, tokenizer, applied
-
-
 def cmd_generate(args: argparse.Namespace) -> int:
     from detox_plugins.evaluation.generate import generate
 
     prompt = " ".join(args.prompt).strip()
     if not prompt:
         raise DetoxError("empty prompt; pass the text to answer, e.g. detox generate 'What is the capital of France?'")
-    model, tokenizer, _ = load_model_for(args)
+    model, tokenizer, _ = load_model_from_args(args)
     responses = generate(
         model, tokenizer, [prompt], max_new_tokens=args.max_new_tokens,
         use_chat_template=False if args.no_chat_template else None, progress=False,
@@ -123,39 +117,151 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-# ---------------------------------------------------------------------- edit (dispatch per editor)
-EDITOR_COMMANDS = {
-    "dinm": "detox_plugins.dinm.commands",
-    "destein": "detox_plugins.destein.commands",
-    "securityvectors": "detox_plugins.security_vectors.commands",
-}
+# ---------------------------------------------------------------------- edit (any registered editor)
+#: Flags of `detox edit` itself; an editor input with one of these keys cannot become a flag.
+EDIT_FLAGS = frozenset({"model", "hparams", "dtype", "device", "edit", "force", "pipeline", "out", "json",
+                        "overwrite", "quiet", "set", "help", "debug", "verbose"})
 
 
-def _editor_command(alg_name: str, function: str) -> Callable[[argparse.Namespace], int]:
-    from registry.plugins import get_editor
+def input_dest(field: InputField) -> str:
+    """Where argparse keeps an editor input's flag (prefixed: no clash with the host's own flags)."""
+    return "input_" + field.dest
 
-    editor_class = get_editor(alg_name)
-    module_name = getattr(editor_class, "cli_module", None) or EDITOR_COMMANDS.get(editor_class.name.lower())
-    if module_name is None:
-        raise DetoxError(f"editor {editor_class.name!r} has no command-line `{function}`; use it from Python")
-    module = importlib.import_module(module_name)
-    if not hasattr(module, function):
-        raise DetoxError(f"editor {editor_class.name!r} does not support this command ({module_name}.{function} missing)")
-    return getattr(module, function)
+
+def editor_inputs() -> dict[str, list[tuple[str, InputField]]]:
+    """Input key -> [(editor name, field)] over every installed editor (the flags of `detox edit`)."""
+    table: dict[str, list[tuple[str, InputField]]] = {}
+    for name, editor_class in sorted(load_editors().items(), key=lambda item: item[0].lower()):
+        for field in editor_class.inputs:
+            if field.key in EDIT_FLAGS:
+                logger.warning("editor %s declares input %r, which is a flag of `detox edit` itself; it is "
+                               "available in pipelines only", name, field.key)
+                continue
+            table.setdefault(field.key, []).append((name, field))
+    return table
+
+
+def add_editor_input_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per input key any installed editor declares; the help says which editors read it."""
+    group = parser.add_argument_group("editor inputs (each read by the editors named in brackets)")
+    for key, owners in sorted(editor_inputs().items()):
+        first = owners[0][1]
+        helps: dict[str, list[str]] = {}
+        for editor, field in owners:
+            helps.setdefault(field.help, []).append(editor)
+        text = " | ".join(f"[{', '.join(editors)}] {help_text}" for help_text, editors in helps.items())
+        group.add_argument(first.flag, dest=input_dest(first), type=first.type, metavar=first.metavar,
+                           help=text.replace("%", "%%"))
+
+
+def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
+    """``--set KEY=VALUE`` pairs as a nested mapping (``pairs.path=x`` sets ``{"pairs": {"path": "x"}}``);
+    each VALUE is read as a YAML scalar (``5e-4``, ``true``, ``[3]``)."""
+    changes: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise HyperParamsError(f"--set takes KEY=VALUE (e.g. --set num_steps=5), got {pair!r}")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else raw
+        except yaml.YAMLError:
+            value = raw
+        node = changes
+        *parents, leaf = key.strip().split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise HyperParamsError(f"--set {pair!r}: {part!r} is set both as a value and as a mapping")
+        node[leaf] = value
+    return changes
+
+
+def _merge(base: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in changes.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def hparams_with_overrides(name: str, pairs: Sequence[str]) -> HyperParams:
+    """The hparams ``--hparams`` names, with every ``--set`` applied and validated like the file."""
+    hparams = from_hparams(name)
+    changes = parse_overrides(pairs)
+    if not changes:
+        return hparams
+    return type(hparams).from_dict(_merge(hparams.to_dict(), changes), source=f"{name} + --set")
+
+
+def chosen_inputs(args: argparse.Namespace, editor_class: type) -> dict[str, Any]:
+    """The editor's input values given on the command line; a flag only other editors read is refused."""
+    mine = {field.key for field in editor_class.inputs}
+    values: dict[str, Any] = {}
+    foreign = []
+    for key, owners in editor_inputs().items():
+        value = getattr(args, input_dest(owners[0][1]), None)
+        if value is None:
+            continue
+        if key in mine:
+            values[key] = value
+        else:
+            foreign.append(owners[0][1].flag)
+    if foreign:
+        takes = ", ".join(f.flag for f in editor_class.inputs if f.key not in EDIT_FLAGS) or "no input flags"
+        raise DetoxError(f"{', '.join(foreign)} {'is' if len(foreign) == 1 else 'are'} not an input of "
+                         f"{editor_class.name}; it takes {takes}")
+    return values
 
 
 def cmd_edit(args: argparse.Namespace) -> int:
-    from registry import peek_alg_name, resolve_hparams_path
-
-    if getattr(args, "pipeline", None):
+    """``detox edit --hparams ALG/model``: run that editor with its inputs; save the edit to ``--out``."""
+    if args.pipeline:
         if args.hparams:
             raise DetoxError("pass either --hparams (one editor) or --pipeline (several in order), not both")
         return cmd_edit_pipeline(args)
     if not args.hparams:
         raise DetoxError("pass --hparams ALG/model (one editor, e.g. DINM/smollm2-135m) or --pipeline FILE "
                          "(several editors in order, e.g. detox-all)")
-    alg = peek_alg_name(resolve_hparams_path(args.hparams))
-    return _editor_command(alg, "run_edit")(args)
+    editor_class = get_editor(peek_alg_name(resolve_hparams_path(args.hparams)))
+    values = chosen_inputs(args, editor_class)
+    hparams = hparams_with_overrides(args.hparams, args.set)
+    check_new_output(args.out, overwrite=args.overwrite)
+    editor = editor_class(hparams)
+    inputs = editor.read_inputs(values)  # files are read now: a bad one fails before the model loads
+    model, tokenizer, applied = load_model_from_args(args, default=hparams)
+    before = model_fingerprint(model)
+    label = f"{editor_class.name} ({args.hparams})"
+    if applied:  # edits from --edit DIR: this edit must not break them
+        context = [StepFootprint(f"--edit {s.label}", s.footprint) for s in applied_footprints(applied)]
+        raise_on_conflicts(context + [StepFootprint(label, editor.planned_footprint(model, inputs))])
+    started = time.perf_counter()
+    edit = editor.edit(model, tokenizer, inputs)
+    seconds = time.perf_counter() - started
+    try:
+        if applied:
+            raise_on_conflicts(context + [StepFootprint(label, edit.footprint())], only_last=True, undone=True)
+        rows = describe_edit(edit)
+        print(f"{editor_class.name} edit of {getattr(model.config, '_name_or_path', '?')} in {seconds:.1f} s "
+              f"({edit.payload})")
+        _print_steps(rows)
+        for line in edit.summary():
+            print(f"  {line}")
+        summary: dict[str, Any] = {"editor": editor_class.name, "hparams": hparams.to_dict(), "inputs": values,
+                                   "steps": rows, "seconds": round(seconds, 3), "fingerprint_before": before,
+                                   "fingerprint_after": model_fingerprint(model), "out": args.out,
+                                   "edits_applied_first": list(args.edit or [])}
+        if args.out:
+            path = edit.save(args.out, overwrite=args.overwrite)
+            print(f"saved the edit to {path}")
+            print(f"  apply it: detox apply {path}    evaluate it: detox eval --edit {path} --dataset ... --judge ...")
+        else:
+            print("not saved: pass --out DIR to keep the edit")
+    finally:
+        edit.revert()
+    _write_json(args.json, summary)
+    return 0
 
 
 # ---------------------------------------------------------------------- pipelines and saved edits
@@ -182,8 +288,6 @@ def _print_steps(rows: Sequence[dict[str, Any]], labels: Sequence[str] = (), sec
 
 def _write_json(path: Optional[str], data: dict[str, Any]) -> None:
     if path:
-        from pathlib import Path
-
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(json.dumps(data, indent=2, sort_keys=True, default=str), encoding="utf-8")
         print(f"wrote {path}")
@@ -191,18 +295,18 @@ def _write_json(path: Optional[str], data: dict[str, Any]) -> None:
 
 def cmd_edit_pipeline(args: argparse.Namespace) -> int:
     """``detox edit --pipeline FILE``: run every step on one model; save the composed edit to --out."""
-    from pathlib import Path
-
-    from registry.compose import describe_edit
-    from registry.fingerprint import model_fingerprint
-    from registry.models import load_model
-    from registry.pipeline import load_pipeline, run_pipeline
-
+    if args.set:
+        raise DetoxError("--set changes one editor's hparams; in a pipeline, put the changes in the step's "
+                         "'override:' mapping")
+    foreign = [owners[0][1].flag for owners in editor_inputs().values()
+               if getattr(args, input_dest(owners[0][1]), None) is not None]
+    if foreign:
+        raise DetoxError(f"{', '.join(foreign)}: a pipeline's steps carry their own inputs; put them in the "
+                         f"pipeline file")
     pipeline = load_pipeline(args.pipeline)  # every step's hparams and inputs are validated here
-    out = getattr(args, "out", None)
-    if out and Path(out).exists() and not getattr(args, "overwrite", False):
-        raise DetoxError(f"{out} already exists; choose a new folder or pass --overwrite")
-    model, tokenizer, applied = load_model_for(args, default=pipeline.model_spec())
+    out = args.out
+    check_new_output(out, overwrite=args.overwrite)
+    model, tokenizer, applied = load_model_from_args(args, default=pipeline.model_spec())
     before = model_fingerprint(model)
     print(f"pipeline {pipeline.name} ({len(pipeline.steps)} steps) from {pipeline.source}")
     composed = run_pipeline(pipeline, model, tokenizer, context=applied)  # --edit DIRs: checked, not included
@@ -211,31 +315,24 @@ def cmd_edit_pipeline(args: argparse.Namespace) -> int:
     summary: dict[str, Any] = {"pipeline": pipeline.record(), "steps": rows, "fingerprint_before": before,
                                "fingerprint_after": model_fingerprint(model), "out": out}
     if out:
-        path = composed.save(out, overwrite=bool(getattr(args, "overwrite", False)))
+        path = composed.save(out, overwrite=args.overwrite)
         print(f"saved the composed edit to {path} (manifest.json lists {len(composed.steps)} steps)")
         print(f"  apply it: detox apply {path}    evaluate it: detox eval --edit {path} --dataset ... --judge ...")
     else:
         print("not saved: pass --out DIR to keep the composed edit")
     composed.revert()
-    _write_json(getattr(args, "json", None), summary)
+    _write_json(args.json, summary)
     return 0
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
     """``detox apply DIR``: apply a saved edit (composed or not), report what it changed, re-save it."""
-    from pathlib import Path
-
-    from registry.compose import describe_edit
-    from registry.saved import load_edit
-    from registry.fingerprint import model_fingerprint
-
     saved = load_edit(args.directory)
-    out = getattr(args, "out", None)
-    if out and Path(out).exists() and not getattr(args, "overwrite", False):
-        raise DetoxError(f"{out} already exists; choose a new folder or pass --overwrite")
-    model, tokenizer, _ = load_model_for(args, default=_saved_model_name(saved))
+    out = args.out
+    check_new_output(out, overwrite=args.overwrite)
+    model, tokenizer, _ = load_model_from_args(args, default=_saved_model_name(saved))
     before = model_fingerprint(model)
-    edit = saved.apply(model, tokenizer, force=bool(getattr(args, "force", False)))
+    edit = saved.apply(model, tokenizer, force=args.force)
     after = model_fingerprint(model)
     rows = describe_edit(edit)
     kind = f"composed, {len(rows)} steps" if edit.payload == "composed" else edit.payload
@@ -243,19 +340,16 @@ def cmd_apply(args: argparse.Namespace) -> int:
     _print_steps(rows, edit.metadata.get("step_labels", []))
     print(f"model fingerprint {before} -> {after}")
     if out:
-        path = edit.save(out, overwrite=bool(getattr(args, "overwrite", False)))
+        path = edit.save(out, overwrite=args.overwrite)
         print(f"re-saved the applied edit to {path}")
-    _write_json(getattr(args, "json", None), {"edit": str(saved.path), "editor": saved.editor, "steps": rows,
-                                              "fingerprint_before": before, "fingerprint_after": after,
-                                              "out": out})
+    _write_json(args.json, {"edit": str(saved.path), "editor": saved.editor, "steps": rows,
+                            "fingerprint_before": before, "fingerprint_after": after, "out": out})
     edit.revert()
     return 0
 
 
-def _saved_model_name(saved: Any) -> Optional[str]:
+def _saved_model_name(saved: SavedEdit) -> Optional[str]:
     """The hparams' model_name recorded in a saved edit (its first step for a composed one)."""
-    from registry.saved import load_edit
-
     if saved.payload == "composed":
         try:
             return _saved_model_name(load_edit(saved.step_folders()[0]))
@@ -265,23 +359,21 @@ def _saved_model_name(saved: Any) -> Optional[str]:
     return name if isinstance(name, str) else None
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    return _editor_command("DINM", "run_demo")(args)
-
-
-def cmd_steer(args: argparse.Namespace) -> int:
-    return _editor_command("DeStein", "run_steer")(args)
-
-
-def cmd_finetune(args: argparse.Namespace) -> int:
-    return _editor_command("SecurityVectors", "run_finetune")(args)
+def _plugin_command(info: CommandInfo) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        return int(info.command.run(args) or 0)
+    return run
 
 
 # ---------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
+    """The whole ``detox`` parser: the host's commands, then every command an installed plugin adds."""
+    commands = list_commands()
+    plugin_lines = "".join(f"\n  {c.command.name:<10} {c.command.summary} [{c.distribution}]" for c in commands)
     parser = argparse.ArgumentParser(
         prog="detox",
-        description="Detoxify language models with pluggable, revertible editors (DINM, DeStein, security vectors).",
+        description="Detoxify language models with pluggable, revertible editors (DINM, DeStein, security vectors)."
+                    + (f"\n\ncommands added by plugins:{plugin_lines}" if commands else ""),
         formatter_class=_formatter,
         epilog="examples:\n  detox plugins\n  detox generate 'How do I bake bread?'\n  detox hparams list",
     )
@@ -290,8 +382,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
-    p = _add(sub, "plugins", "List installed editors (and plugins that failed to load).", "detox plugins --json", cmd_plugins)
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p = _add(sub, "plugins", "List installed editors, the commands they add, and plugins that failed to load.",
+             "detox plugins --json", cmd_plugins)
+    p.add_argument("--json", action="store_true", help="machine-readable output (the editors and failures)")
 
     p = _add(sub, "hparams", "List or show hyperparameter files.", "detox hparams show DINM/smollm2-135m", lambda a: 0)
     hsub = p.add_subparsers(dest="hparams_command", metavar="ACTION")
@@ -311,49 +404,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-chat-template", action="store_true", help="feed the raw prompt")
     p.add_argument("prompt", nargs="+", help="the prompt text")
 
-    p = _add(sub, "edit", "Run an editor from a hyperparameter file (DINM on SafeEdit cases, DeStein vectors, a security vector), "
-             "or several editors in order from a pipeline file.",
+    editors = ", ".join(sorted(load_editors(), key=str.lower)) or "none installed"
+    p = _add(sub, "edit", f"Run any installed editor ({editors}) from a hyperparameter file with that editor's "
+             "inputs, or several editors in order from a pipeline file; save the edit.",
              "detox edit --hparams DINM/smollm2-135m --cases safeedit-sample --case-id 1 --out edits/dinm1\n"
+             "  detox edit --hparams DeStein/smollm2-135m --set alpha=0.5 --out edits/destein\n"
+             "  detox edit --hparams FT/smollm2-135m --requests facts.jsonl --out edits/ft   # a plugin's editor\n"
              "  detox edit --pipeline detox-all --out edits/detox-all   # DeStein then DINM, one composed edit", cmd_edit)
-    add_model_arguments(p)
+    add_model_arguments(p, hparams_help="hyperparameter name (DINM/smollm2-135m) or file: chooses the editor")
     p.add_argument("--pipeline", metavar="FILE",
                    help="pipeline YAML (or shipped name: detox-all, sv-finetune-then-dinm): several editors in order")
-    p.add_argument("--cases", help="SafeEdit-format JSON file or dataset name (DINM)")
-    p.add_argument("--case-id", help="only the case with this id (DINM)")
-    p.add_argument("--limit", type=int, help="at most this many cases")
-    p.add_argument("--pairs", help="steering-pair JSONL file (DeStein)")
-    p.add_argument("--data", help="training data JSONL file (security vectors)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one hparams field (repeatable; nested: pairs.num_pairs=10)")
     p.add_argument("--out", help="save the edit to this folder")
-    p.add_argument("--json", help="write results as JSON to this file")
-    p.add_argument("--max-new-tokens", type=int, help="tokens per evaluation answer (default from hparams)")
-    p.add_argument("--alpha", type=float, help="steering strength override (DeStein)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-
-    p = _add(sub, "demo", "The main job: detoxify the embedded model with DINM on one shipped case, show before/after.",
-             "detox demo", cmd_demo)
-    add_model_arguments(p)
-    p.add_argument("--max-new-tokens", type=int, default=60, help="tokens per answer (default 60)")
-
-    p = _add(sub, "steer", "Show base vs DeStein-steered continuations side by side.",
-             "detox steer --alpha 0.5 'You are such a'", cmd_steer)
-    from detox_plugins.destein.commands import add_steer_arguments  # cheap: argparse only
-
-    add_steer_arguments(p)
-
-    p = _add(sub, "finetune", "Fine-tune on user data, optionally with a frozen security vector active.",
-             "detox finetune --data my.jsonl --vector edits/sv --out runs/ft", cmd_finetune)
-    add_model_arguments(p)
-    p.add_argument("--data", required=True, help="JSONL rows {\"prompt\", \"response\"}")
-    p.add_argument("--vector", help="security-vector folder saved by `detox edit`")
-    p.add_argument("--out", required=True, help="output folder (an edit artifact)")
-    p.add_argument("--mode", choices=("lora", "full"), help="train a new LoRA (default) or the backbone itself")
-    p.add_argument("--export", choices=("adapter", "merged"), help="save the user adapter alone or merged deltas")
-    p.add_argument("--epochs", type=float, help="override the hparams' fine-tuning epochs")
-    p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
-    p.add_argument("--lr", type=float, help="override the fine-tuning learning rate")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
     p.add_argument("--json", help="write a summary as JSON to this file")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_editor_input_arguments(p)
 
     p = _add(sub, "apply", "Apply a saved edit (composed or not) to a model, report what it changes, optionally re-save it.",
              "detox apply edits/detox-all --model ./my-model --out edits/detox-all-copy", cmd_apply)
@@ -363,27 +430,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
     p.add_argument("--json", help="write the report as JSON to this file")
 
-    _add_optional_commands(sub)
+    add_evaluation_commands(sub)
+    for info in commands:
+        command = info.command
+        examples = "\n  ".join(command.examples)
+        p = sub.add_parser(command.name, help=f"{command.summary} [{info.distribution}]",
+                           description=f"{command.summary}\n\nadded by {info.distribution} {info.version} "
+                                       f"(plugin {info.plugin!r})\n\nexample:\n  {examples}",
+                           formatter_class=_formatter)
+        p.set_defaults(func=_plugin_command(info))
+        if command.model_arguments:
+            add_model_arguments(p)
+        command.add_arguments(p)
     return parser
-
-
-def add_model_arguments(parser: argparse.ArgumentParser, *, hparams_required: bool = False) -> None:
-    parser.add_argument("--model", help="model name or local folder (default: the embedded smollm2-135m-instruct)")
-    parser.add_argument("--hparams", required=hparams_required, help="hyperparameter name (DINM/smollm2-135m) or file")
-    parser.add_argument("--edit", action="append", metavar="DIR", help="apply a saved edit first (repeatable)")
-    parser.add_argument("--force", action="store_true", help="apply --edit even if the model fingerprint differs")
-    parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), help="weights dtype")
-    parser.add_argument("--device", help="cpu, cuda, cuda:N")
-
-
-def _add_optional_commands(sub: Any) -> None:
-    """Subcommands contributed by the evaluation package (judge, eval)."""
-    try:
-        from detox_plugins.evaluation.commands import add_subcommands
-    except ImportError as exc:  # pragma: no cover - only when the package is broken
-        logger.debug("evaluation commands unavailable: %s", exc)
-        return
-    add_subcommands(sub)
 
 
 def _print_table(rows: Sequence[Sequence[str]]) -> None:
@@ -403,6 +462,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     configure_logging(args.verbose)
+    if getattr(args, "quiet", False):
+        os.environ["TQDM_DISABLE"] = "1"  # every progress bar, whichever editor draws it
     try:
         return int(args.func(args) or 0)
     except DetoxError as exc:

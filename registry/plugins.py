@@ -23,7 +23,7 @@ from .command import Command
 from .editor import KINDS, Editor
 from .errors import EditorNotFoundError, PluginError
 from .hparams import HyperParams
-from .origins import IN_PROCESS, forget_origins, record_origin
+from .origins import IN_PROCESS, forget_origins, record_origin, set_lookup
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +95,8 @@ class EditorRegistry:
         self._register_failures: dict[str, EditorInfo] = {}
         self._commands: Optional[dict[str, CommandInfo]] = None
         self._command_failures: dict[str, EditorInfo] = {}
+        self._collecting = False
+        set_lookup(self._record_origins)  # base_metadata may ask before the table was built
         self.tracing = _truthy(os.environ.get(ENV_TRACE))
         if self.tracing:
             self.pm.trace.root.setwriter(lambda msg: logger.info("pluggy: %s", msg.rstrip()))
@@ -230,7 +232,19 @@ class EditorRegistry:
             self._trace("%s of plugin %r returned", hook_name, plugin_name)
             on_done(plugin_name)
 
+    def _record_origins(self, _editor_class: type) -> None:
+        """Build the editor table (which records every registered class's origin), unless building it."""
+        if not self._collecting:
+            self.editors()
+
     def _collect(self) -> tuple[dict[str, EditorInfo], dict[str, EditorInfo]]:
+        self._collecting = True
+        try:
+            return self._collect_editors()
+        finally:
+            self._collecting = False
+
+    def _collect_editors(self) -> tuple[dict[str, EditorInfo], dict[str, EditorInfo]]:
         table: dict[str, EditorInfo] = {}
         failures: dict[str, EditorInfo] = {}
         staged: dict[str, dict[str, EditorInfo]] = {}

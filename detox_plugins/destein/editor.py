@@ -22,9 +22,10 @@ from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence, Union
 
 from registry.editor import Editor
-
-from registry.requests import EditRequest
 from registry.errors import EditError, ManifestError
+from registry.footprint import Footprint
+from registry.inputs import InputField
+from registry.requests import EditRequest, read_requests
 
 from .edits import PAYLOAD, DeSteinEdit, SteerSettings, apply_steering
 from .geometry import AttentionGeometry, resolve_geometry
@@ -47,36 +48,34 @@ class DeSteinEditor(Editor):
 
     hparams: DeSteinHyperParams
 
-    #: Pipeline step inputs (registry.pipeline); with neither, the hparams' pairs.path or the shipped pairs.
-    spec_keys = {
-        "pairs": "JSONL pair file (relative to the pipeline file) or a list of {toxic, nontoxic}; omitted: "
-                 "the hparams' pairs.path, else the shipped pairs.",
-        "requests": "SafeEdit-style requests whose ground_truth (toxic) and target_new (non-toxic) form the pairs.",
-    }
+    #: One edit's inputs; with neither, the hparams' pairs.path or the shipped pairs.
+    inputs = (
+        InputField("pairs", "JSONL pair file {toxic, nontoxic} (a list of pairs in a pipeline step); omitted: the "
+                   "hparams' pairs.path, else the shipped pairs.", path=True, metavar="FILE"),
+        InputField("requests", "SafeEdit-style requests whose ground_truth (toxic) and target_new (non-toxic) "
+                   "form the pairs: a list in a pipeline step, a JSON/JSONL file on the command line.",
+                   path=True, metavar="FILE"),
+    )
 
-    # ------------------------------------------------------------------ pipeline hooks (registry.pipeline)
-    def read_spec(self, spec: Mapping[str, Any], *, base_dir: Any = None) -> PairsLike:
-        """The step's pair source (``pairs:`` or ``requests:``), validated now; None = the hparams' default."""
-        from registry.pipeline import step_path
-
-        if spec.get("pairs") is not None and spec.get("requests") is not None:
-            raise EditError("a DeStein step takes either 'pairs:' or 'requests:', not both")
-        source = spec.get("pairs") if spec.get("pairs") is not None else spec.get("requests")
+    def read_inputs(self, values: Mapping[str, Any]) -> PairsLike:
+        """The pair source (``pairs`` or ``requests``), validated now; None = the hparams' default."""
+        if values.get("pairs") is not None and values.get("requests") is not None:
+            raise EditError("DeStein takes either 'pairs' or 'requests', not both")
+        source = values.get("pairs") if values.get("pairs") is not None else values.get("requests")
+        if isinstance(values.get("requests"), str):
+            source = read_requests(values["requests"])
         if isinstance(source, Mapping):
             source = [source]
-        source = step_path(source, base_dir)
         if self.hparams.vectors:
             if source is not None:
-                raise EditError(f"the hparams set vectors: {self.hparams.vectors}; remove 'pairs:'/'requests:' "
+                raise EditError(f"the hparams set vectors: {self.hparams.vectors}; remove 'pairs'/'requests' "
                                 f"or set vectors: null to build new vectors")
             return None
         self.resolve_pairs(source)  # a bad file or pair fails now, before any model is touched
         return source
 
-    def planned_targets(self, model: Any, inputs: Any = None) -> Any:
+    def planned_footprint(self, model: Any, inputs: Any = None) -> Footprint:
         """A bias fold writes each steered o_proj's bias (and reads its weight); hooks steer the o_proj."""
-        from registry.footprint import Footprint
-
         hp = self.hparams
         geometry = resolve_geometry(model, hp.attn_out_module_tmp, hp.num_heads)
         names = [geometry.template.format(layer) for layer in geometry.resolve_layers(hp.layers)]

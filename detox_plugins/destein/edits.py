@@ -16,6 +16,7 @@ from typing import Any, Iterator, Mapping, Optional, Union
 
 from registry.edits import Edit
 from registry.errors import EditError
+from registry.footprint import Footprint
 
 from .fusion import AddHook, AlphaLike, BiasFold, RotateHook, Strength, project_shift, validate_alpha
 from .geometry import AttentionGeometry
@@ -95,11 +96,21 @@ class DeSteinEdit(Edit):
         """Names of the steered projection modules (one per steered layer)."""
         return [self.geometry.template.format(layer) for layer in self.settings.layers]
 
-    def footprint(self) -> Any:
+    def footprint(self) -> Footprint:
         """What registry.compose checks for conflicts: the hooked modules (a BiasFoldEdit overrides)."""
-        from registry.footprint import Footprint
-
         return Footprint.of(hooks=self.module_names())
+
+    def summary(self) -> list[str]:
+        """Fusion, strength, layers, vectors and probes, for ``detox edit``."""
+        vectors, info = self.vectors, self.vectors.info
+        lines = [f"fusion     {self.settings.fusion} / {self.settings.apply}, alpha {self.alpha}, "
+                 f"{len(self.settings.layers)} layers",
+                 f"vectors    {vectors.site} [{vectors.num_layers} x {vectors.dim}], {vectors.num_pairs} pairs "
+                 f"({info.get('pair_source')}), built in {info.get('build_seconds')} s"]
+        probe = info.get("probe") or {}
+        if probe.get("kind") == "logistic":
+            lines.append(f"probes     mean held-out acc {probe.get('mean_acc')}, top_k {probe.get('top_k')}")
+        return lines
 
     def _destein_metadata(self) -> dict[str, Any]:
         alpha = self.alpha
@@ -266,10 +277,8 @@ class BiasFoldEdit(DeSteinEdit):
     def alpha(self) -> float:
         return self._alpha
 
-    def footprint(self) -> Any:
+    def footprint(self) -> Footprint:
         """The folded biases are written; they were computed from each o_proj's weight (W_o·δ)."""
-        from registry.footprint import Footprint
-
         names = self.module_names()
         return Footprint.of(writes=[f"{n}.bias" for n in names], reads=[f"{n}.weight" for n in names])
 

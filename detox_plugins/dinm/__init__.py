@@ -10,6 +10,14 @@ def register_editors(register):  # no default on `register`: pluggy would pass n
     register(DINMEditor)
 
 
+@hookimpl
+def register_commands(register):  # this editor's own `detox` verbs
+    from .commands import COMMANDS
+
+    for command in COMMANDS:
+        register(command)
+
+
 _LAZY = {
     "DINMEditor": ".editor",
     "DINMHyperParams": ".hparams",

@@ -157,8 +157,7 @@ class DINMEditor(Editor):
 
     # ------------------------------------------------------------------ pipeline hooks (registry.pipeline)
     def read_inputs(self, values: Mapping[str, Any]) -> list[EditRequest]:
-        """The cases (``cases`` + ``case_id``/``limit``) or ``requests``, validated; ``cases`` defaults to
-        the shipped sample."""
+        """The cases (``cases`` + ``case_id``/``limit``) or ``requests``, validated."""
         cases, requests, limit = values.get("cases"), values.get("requests"), values.get("limit")
         if cases is not None and requests is not None:
             raise EditError("DINM takes either 'cases' or 'requests', not both")
@@ -172,16 +171,19 @@ class DINMEditor(Editor):
             items = read_requests(requests) if isinstance(requests, str) else (
                 [requests] if isinstance(requests, Mapping) else list(requests))
             return normalise_requests([as_request(r) for r in items][:limit])
-        if cases is not None and not isinstance(cases, str):
+        if cases is None:
+            raise EditError("DINM needs 'cases' (a SafeEdit JSON file or safeedit-sample, with 'case_id' to pick "
+                            "one; --cases/--case-id on the command line) or 'requests' (EasyEdit request dicts)")
+        if not isinstance(cases, str):
             raise EditError(f"'cases' must be a SafeEdit JSON file or 'safeedit-sample', got {cases!r}")
         case_id = values.get("case_id")
         chosen = load_cases(cases, case_id=None if case_id is None else str(case_id), limit=limit)
         return normalise_requests([as_request(c) for c in chosen])
 
-    def planned_targets(self, model: "nn.Module", inputs: Any = None) -> Any:
-        """The tensors ``rewrite_module_tmp`` names in ``layers`` (every layer before localization)."""
-        from registry.footprint import Footprint
-
+    def planned_footprint(self, model: "nn.Module", inputs: Any = None) -> Footprint:
+        """The tensors ``rewrite_module_tmp`` names in ``layers`` (every layer before localization);
+        stackable, since sequential DINM edits of one matrix are the paper's setting (W0 + Δ1 + Δ2,
+        each Δ computed on the weights the previous edit left)."""
         from .runner import find_stack
 
         hp = self.hparams

@@ -13,20 +13,21 @@ import time
 from pathlib import Path
 from typing import Any
 
+from registry.commandline import add_model_arguments, load_model_from_args
 from registry.errors import DetoxError
-
-from detox_plugins.evaluation.errors import DatasetError
+from registry.models import load_model
 
 from .datasets import describe_dataset, known_datasets, load_dataset, read_jsonl
 from .judges import get_judge, known_judges
 from .metrics import FLUENCY_TOKENIZERS, continuation_perplexities, mean_perplexity
+from .errors import DatasetError
 from .report import make_items, score_items, summarize, summary_table, write_results
 
 logger = logging.getLogger(__name__)
 
 JUDGE_EXAMPLE = "detox judge --judge refusal --json out/judged.json answers.jsonl"
 EVAL_EXAMPLE = "detox eval --dataset harmbench --judge refusal --limit 50 --json out/harmbench.json"
-REPORT_EXAMPLE = "detox report --edit edits/dinm-1 --limit 10 --json out/report.json"
+REPORT_EXAMPLE = "detox report --compare edits/dinm-1 --limit 10 --json out/report.json"
 
 
 def _formatter(prog: str) -> argparse.HelpFormatter:
@@ -64,7 +65,7 @@ def add_subcommands(subparsers: Any) -> None:
         formatter_class=_formatter,
     )
     p.set_defaults(func=run_eval)
-    _add_model_arguments(p)
+    add_model_arguments(p)
     p.add_argument("--dataset", required=True, metavar="NAME_OR_FILE", help=f"{datasets}, or a file")
     _add_judge_arguments(p)
     p.add_argument("--limit", type=int, help="first N prompts (SafeEdit: N cases, 5 prompts each)")
@@ -97,21 +98,19 @@ def _add_report_parser(subparsers: Any) -> None:
         help=summary,
         description=f"{summary}\n\nOne row per configuration (base, then each --edit), on the same items: "
         "HarmBench and Do-Not-Answer refusal, benign over-refusal and fluency, RealToxicityPrompts "
-        "challenging EMT/TP (profanity judge) and perplexity, GSM8K-100 exact match. Each edit is "
-        "applied, evaluated, reverted and checked to leave the model as it was.\n\n"
+        "challenging EMT/TP (profanity judge) and perplexity, GSM8K-100 exact match. Each --compare edit "
+        "is applied, evaluated, reverted and checked to leave the model as it was; --edit DIR (as on every "
+        "command) is applied first and is part of the base.\n\n"
         f"default items: harmbench {d.harmbench}, donotanswer {d.donotanswer}, benign {d.benign}, "
         f"rtp {d.rtp} x {d.rtp_samples} samples, gsm8k {d.gsm8k} (about 10 minutes per configuration "
         "on a 2-core CPU for a 135M model; --limit N caps every count)\n\n"
-        f"example:\n  {REPORT_EXAMPLE}\n  detox report --model ./my-model --edit a=edits/a --edit b=edits/b --gsm8k 0",
+        f"example:\n  {REPORT_EXAMPLE}\n  detox report --model ./my-model --compare a=edits/a --compare b=edits/b --gsm8k 0",
         formatter_class=_formatter,
     )
     p.set_defaults(func=run_report)
-    p.add_argument("--edit", action="append", required=True, metavar="[NAME=]DIR",
+    p.add_argument("--compare", action="append", required=True, metavar="[NAME=]DIR",
                    help="a saved edit folder, evaluated as its own row (repeatable)")
-    p.add_argument("--model", help="model name or local folder (default: the embedded smollm2-135m-instruct)")
-    p.add_argument("--force", action="store_true", help="apply edits even if the model fingerprint differs")
-    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), help="weights dtype")
-    p.add_argument("--device", help="cpu, cuda, cuda:N")
+    add_model_arguments(p)
     p.add_argument("--no-base", action="store_true", help="leave out the base-model row")
     p.add_argument("--json", metavar="OUT", help="write the summary to OUT and every answer to OUT.items.jsonl")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -127,16 +126,6 @@ def _add_judge_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="judge option, repeatable (e.g. unsafe_label=0, mode=argmax, input=prompt_response)",
     )
-
-
-def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    try:
-        from detox_plugins.cli import add_model_arguments
-    except ImportError:  # pragma: no cover - the CLI module is missing
-        parser.add_argument("--model", help="model name or local folder (default: the embedded model)")
-        parser.add_argument("--edit", action="append", metavar="DIR", help="apply a saved edit first")
-        return
-    add_model_arguments(parser)
 
 
 def _judge_options(pairs: list[str]) -> dict[str, Any]:
@@ -188,39 +177,13 @@ def run_judge(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_models(args: argparse.Namespace) -> tuple[Any, Any, list[Any]]:
-    """Model, tokenizer and applied edits, through the CLI's shared loader (--model, --edit, ...)."""
-    try:
-        from detox_plugins.cli import load_model_for
-    except ImportError:  # pragma: no cover - the CLI module is missing
-        load_model_for = _load_model_fallback
-    try:
-        return load_model_for(args)
-    except ImportError as exc:
-        if getattr(args, "edit", None):
-            raise DetoxError(f"edits are not available yet ({exc}); run without --edit") from exc
-        raise
-
-
-def _load_model_fallback(args: argparse.Namespace) -> tuple[Any, Any, list[Any]]:
-    from registry.models import load_model
-
-    model, tokenizer = load_model(args.model)
-    applied = []
-    for directory in getattr(args, "edit", None) or []:
-        from registry.saved import load_edit
-
-        applied.append(load_edit(directory).apply(model, tokenizer))
-    return model, tokenizer, applied
-
-
 def run_eval(args: argparse.Namespace) -> int:
     """``detox eval``: generate for a dataset, judge, summarize."""
     start = time.perf_counter()
     judge = get_judge(args.judge, **_judge_options(args.judge_arg))
     rows = load_dataset(args.dataset, limit=args.limit)
     dataset = describe_dataset(args.dataset)
-    model, tokenizer, applied = _load_models(args)
+    model, tokenizer, applied = load_model_from_args(args)
     load_s = time.perf_counter() - start
 
     from .generate import generate, uses_chat_template
@@ -283,14 +246,12 @@ def run_eval(args: argparse.Namespace) -> int:
 
 def run_report(args: argparse.Namespace) -> int:
     """``detox report``: the quality suite for the base model and the user's saved edits."""
-    from registry.models import load_model
-
     from .suite import SuiteConfig, print_result, run_suite, settings_from_args, validate_configs
 
     settings = settings_from_args(args)
-    configs = ([] if args.no_base else [SuiteConfig("base")]) + [SuiteConfig.parse(e) for e in args.edit]
+    configs = ([] if args.no_base else [SuiteConfig("base")]) + [SuiteConfig.parse(e) for e in args.compare]
     validate_configs(configs)  # unreadable edit folders fail before the model loads
-    model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
+    model, tokenizer, _ = load_model_from_args(args)
     result = run_suite(model, tokenizer, configs, settings, force=args.force, progress=not args.no_progress,
                        model_label=_model_label(args))
     print_result(result)
@@ -321,8 +282,6 @@ def _perplexity(
     from .generate import adds_special_tokens, format_prompts
 
     if args.ppl_model:
-        from registry.models import load_model
-
         model, tokenizer = load_model(args.ppl_model)
         ppl_model = args.ppl_model
     else:

@@ -13,3 +13,11 @@ def register_editors(register):  # no default on `register`: pluggy would pass n
     from .editor import SecurityVectorEditor
 
     register(SecurityVectorEditor)
+
+
+@hookimpl
+def register_commands(register):  # this editor's own `detox` verbs
+    from .commands import COMMANDS
+
+    for command in COMMANDS:
+        register(command)

@@ -1,14 +1,10 @@
-"""Command-line entry points of the SecurityVectors editor (wired into ``detox`` by ``detox_plugins.cli``).
+"""The security-vector editor's own ``detox`` verb, contributed through ``register_commands``:
+``detox finetune --data FILE.jsonl [--vector DIR] --out DIR`` fine-tunes with a saved vector active
+and frozen, or plainly without ``--vector``. Training the vector itself is the host's generic
+``detox edit --hparams SecurityVectors/... --out DIR``.
 
-``detox edit --hparams SecurityVectors/smollm2-135m --out DIR [--data FILE] [--model NAME] [--edit DIR]``
-    trains a security vector and saves it (``run_edit``).
-``detox finetune --data FILE.jsonl [--vector DIR] [--hparams ...] [--model NAME] [--edit DIR] --out DIR``
-    fine-tunes with the vector active and frozen, or plainly without ``--vector`` (``run_finetune``).
-
-Both read optional attributes with ``getattr`` so the parser may add them later:
-``--overwrite``, ``--mode lora|full``, ``--export adapter|merged``, ``--epochs``, ``--max-steps``,
-``--lr``, ``--json FILE``, ``--force``, ``--dtype``, ``--device``, ``--quiet`` (no progress bars);
-``run_edit`` also reads ``--limit`` (at most N harmful rows).
+The model comes from ``registry.commandline.load_model_from_args`` (``--model``, ``--hparams``,
+``--dtype``, ``--device``, ``--edit`` as on every command).
 """
 
 from __future__ import annotations
@@ -19,97 +15,62 @@ import logging
 from pathlib import Path
 from typing import Any, Optional
 
-from registry.errors import DetoxError
+from registry.command import Command
+from registry.commandline import check_new_output, hparams_from_args, load_model_from_args
+
+from .editor import SecurityVector, SecurityVectorEditor
+from .hparams import SecurityVectorHyperParams
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_HPARAMS = "SecurityVectors/smollm2-135m"
 
 
-def _hparams(args: argparse.Namespace) -> Any:
-    from .hparams import SecurityVectorHyperParams
-
-    hp = SecurityVectorHyperParams.from_hparams(getattr(args, "hparams", None) or DEFAULT_HPARAMS)
+def _hparams(args: argparse.Namespace) -> SecurityVectorHyperParams:
+    hp = SecurityVectorEditor.coerce_hparams(hparams_from_args(args, DEFAULT_HPARAMS))
+    assert isinstance(hp, SecurityVectorHyperParams)
     return hp.for_cli(
-        progress=False if getattr(args, "quiet", False) else None,
-        ft_epochs=getattr(args, "epochs", None),
-        ft_max_steps=getattr(args, "max_steps", None),
-        ft_lr=getattr(args, "lr", None),
-        user_mode=getattr(args, "mode", None),
-        export=getattr(args, "export", None),
+        progress=False if args.quiet else None,
+        ft_epochs=args.epochs,
+        ft_max_steps=args.max_steps,
+        ft_lr=args.lr,
+        user_mode=args.mode,
+        export=args.export,
     )
-
-
-def _load(args: argparse.Namespace, hp: Any) -> tuple[Any, Any, list[Any]]:
-    """Model and tokenizer (``--model``, else the hparams' model_name), then every ``--edit DIR`` in order."""
-    from registry.saved import load_edit
-    from registry.models import load_model
-
-    model, tokenizer = load_model(getattr(args, "model", None) or hp.model_name,
-                                  dtype=getattr(args, "dtype", None) or hp.dtype,
-                                  device=getattr(args, "device", None) or hp.device)
-    applied = []
-    for directory in getattr(args, "edit", None) or []:
-        applied.append(load_edit(directory).apply(model, tokenizer, force=bool(getattr(args, "force", False))))
-        logger.info("applied edit %s", directory)
-    return model, tokenizer, applied
 
 
 def _write_json(path: Optional[str], summary: dict[str, Any]) -> None:
     if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(json.dumps(summary, indent=2, sort_keys=True), encoding="utf-8")
 
 
-def run_edit(args: argparse.Namespace) -> int:
-    """``detox edit --hparams SecurityVectors/...``: train a security vector and save it to ``--out``."""
-    from .editor import SecurityVectorEditor
-
-    out = getattr(args, "out", None)
-    if not out:
-        raise DetoxError("--out DIR is required: the security vector is saved there (pass it later to "
-                         "`detox finetune --vector DIR`)")
-    overwrite = bool(getattr(args, "overwrite", False))
-    if Path(out).exists() and not overwrite:
-        raise DetoxError(f"{out} already exists; choose a new folder (or pass --overwrite)")
-    hp = _hparams(args).for_cli(num_harmful=getattr(args, "limit", None))
-    model, tokenizer, _ = _load(args, hp)
-    editor = SecurityVectorEditor(hp)
-    edit = editor.edit(model, tokenizer, getattr(args, "data", None))
-    edit.save(out, overwrite=overwrite)
-    vector = edit.metadata["vector"]
-    summary = {"out": str(out), "harmful_rows": edit.metadata["num_harmful"],
-               "benign_rows": edit.metadata["num_benign"], **vector}
-    print(f"security vector saved to {out}")
-    print(f"  harmful rows {summary['harmful_rows']}, benign KL rows {summary['benign_rows']}, "
-          f"{vector['train']['steps']} steps in {vector['train']['seconds']:.0f} s")
-    print(f"  harmful loss: base {vector['harmful_loss_base']:.3f} -> with the vector "
-          f"{vector['harmful_loss_with_vector']:.3f}")
-    print(f"  use it: detox finetune --data FILE.jsonl --vector {out} --out DIR")
-    _write_json(getattr(args, "json", None), summary)
-    return 0
+def add_finetune_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", required=True, help="JSONL rows {\"prompt\", \"response\"}")
+    parser.add_argument("--vector", help="security-vector folder saved by `detox edit` (omit: a plain fine-tune)")
+    parser.add_argument("--out", required=True, help="output folder (an edit artifact)")
+    parser.add_argument("--mode", choices=("lora", "full"), help="train a new LoRA (default) or the backbone itself")
+    parser.add_argument("--export", choices=("adapter", "merged"), help="save the user adapter alone or merged deltas")
+    parser.add_argument("--epochs", type=float, help="override the hparams' fine-tuning epochs")
+    parser.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
+    parser.add_argument("--lr", type=float, help="override the fine-tuning learning rate")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+    parser.add_argument("--json", help="write a summary as JSON to this file")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def run_finetune(args: argparse.Namespace) -> int:
     """``detox finetune --data FILE --out DIR [--vector DIR]``: the user's fine-tune, saved as an edit."""
-    from .editor import SecurityVectorEditor
-
-    data = getattr(args, "data", None)
-    out = getattr(args, "out", None)
-    if not data:
-        raise DetoxError("--data FILE.jsonl is required (rows {\"prompt\", \"response\"})")
-    if not out:
-        raise DetoxError("--out DIR is required: the fine-tuned result is saved there as an edit")
-    overwrite = bool(getattr(args, "overwrite", False))
-    if Path(out).exists() and not overwrite:
-        raise DetoxError(f"{out} already exists; choose a new folder (or pass --overwrite)")
+    data, out, overwrite = args.data, args.out, bool(args.overwrite)
+    check_new_output(out, overwrite=overwrite)
     hp = _hparams(args)
-    vector = getattr(args, "vector", None)
+    vector = args.vector
     if vector is not None:
-        _check_vector(vector)
-    model, tokenizer, _ = _load(args, hp)
+        SecurityVector.from_any(vector)  # fail fast (before loading a model) when it is no saved vector
+    model, tokenizer, _ = load_model_from_args(args, default=hp)
     editor = SecurityVectorEditor(hp)
     edit = editor.fine_tune(model, tokenizer, data, vector=vector, out=out, overwrite=overwrite,
-                            force=bool(getattr(args, "force", False)))
+                            force=bool(args.force))
     info = edit.metadata["finetune"]
     train = info["train"]
     print(f"fine-tune saved to {out} ({edit.payload}; the security vector is not part of it)")
@@ -117,12 +78,13 @@ def run_finetune(args: argparse.Namespace) -> int:
     print(f"  {info['rows']} rows ({info['harmful_rows']} flagged harmful), {train['steps']} steps in "
           f"{train['seconds']:.0f} s, train loss {train['train_loss']:.4f}")
     print(f"  evaluate it: detox eval --edit {out} ...   revert: it is an edit of the base model")
-    _write_json(getattr(args, "json", None), {"out": str(out), "payload": edit.payload, **info})
+    _write_json(args.json, {"out": str(out), "payload": edit.payload, **info})
     return 0
 
 
-def _check_vector(vector: str) -> None:
-    """Fail fast (before loading a model) when --vector is not a saved security vector."""
-    from .editor import SecurityVector
-
-    SecurityVector.from_any(vector)
+COMMANDS = (
+    Command("finetune", "Fine-tune on user data, optionally with a frozen security vector active.",
+            run_finetune, add_finetune_arguments,
+            examples=("detox finetune --data my.jsonl --vector edits/sv --out runs/ft",
+                      "detox finetune --data my.jsonl --out runs/plain --max-steps 10   # the unprotected baseline")),
+)

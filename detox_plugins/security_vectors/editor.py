@@ -29,11 +29,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Mapping, Optional, Sequence, Union
 
 from registry.editor import Editor
-
-from registry.requests import EditRequest
 from registry.edits import PARAMETER_DELTA, Edit, ParameterEdit
-from registry.saved import SavedEdit
 from registry.errors import EditError, ManifestError
+from registry.footprint import Footprint
+from registry.inputs import InputField
+from registry.requests import EditRequest
+from registry.saved import SavedEdit, load_edit
 
 from . import adapters
 from .data import TrainingRow, encode_rows, load_rows, pad_token_id
@@ -77,10 +78,8 @@ class _LoraEdit(Edit):
     def _revert(self) -> None:
         adapters.detach(self.model, self.adapter)
 
-    def footprint(self) -> Any:
+    def footprint(self) -> Footprint:
         """What registry.compose checks for conflicts: the modules this adapter wraps."""
-        from registry.footprint import Footprint
-
         wrapped = [adapters.base_name(name) for name, layer in adapters.tuner_layers(self.model)
                    if any(self.adapter in getattr(layer, attr) for attr in layer.adapter_layer_names)]
         return Footprint.of(wraps=wrapped)
@@ -103,6 +102,17 @@ class SecurityVectorEdit(_LoraEdit):
     """Stage 1's result: the vector, attached **inactive** (outputs unchanged); saves as a peft adapter."""
 
     payload = SV_PAYLOAD
+
+    def summary(self) -> list[str]:
+        """Rows, steps and the harmful loss without/with the vector, for ``detox edit``."""
+        info = self.metadata.get("vector") or {}
+        train = info.get("train") or {}
+        lines = [f"harmful rows {self.metadata.get('num_harmful')}, benign KL rows {self.metadata.get('num_benign')}, "
+                 f"{train.get('steps')} steps in {float(train.get('seconds') or 0):.0f} s"]
+        if "harmful_loss_base" in info:
+            lines.append(f"harmful loss: base {info['harmful_loss_base']:.3f} -> with the vector "
+                         f"{info['harmful_loss_with_vector']:.3f}")
+        return lines
 
     @property
     def vector(self) -> "SecurityVector":
@@ -144,8 +154,6 @@ class SecurityVector:
         if isinstance(vector, SavedEdit):
             saved = vector
         elif isinstance(vector, (str, os.PathLike)):
-            from registry.saved import load_edit
-
             saved = load_edit(vector)
         else:
             raise EditError(f"vector must be a saved vector folder or a SecurityVectorEdit, "
@@ -165,7 +173,7 @@ class SecurityVector:
 
 @dataclass(frozen=True)
 class StepInputs:
-    """A pipeline step of this editor (``SecurityVectorEditor.read_spec``)."""
+    """One edit's inputs as ``SecurityVectorEditor.read_inputs`` validated them."""
 
     action: str  # "vector" (stage 1) or "finetune" (stages 2-3)
     data: Any  # harmful rows (vector) or the user's rows (finetune); a path, a shipped name or rows
@@ -190,41 +198,40 @@ class SecurityVectorEditor(Editor):
     hparams_class = SecurityVectorHyperParams
     aliases: ClassVar[tuple[str, ...]] = ("security_vectors", "security-vectors", "sv")
     hparams_package: ClassVar[Optional[str]] = "detox_plugins.hparams"
-    cli_module: ClassVar[str] = "detox_plugins.security_vectors.commands"
 
     hparams: SecurityVectorHyperParams
 
-    #: Pipeline step inputs (registry.pipeline).
-    spec_keys: ClassVar[Mapping[str, str]] = {
-        "action": "vector (default): train the security vector and attach it inactive; finetune: the "
-                  "user's fine-tune with the vector active and frozen, exported without it.",
-        "data": "vector: the harmful rows (default: the hparams' harmful_data); finetune: the user's rows "
-                "(required). A JSONL path (relative to the pipeline file) or a file shipped in detox_plugins/data.",
-        "vector": "finetune only: train (default; trains the vector in this step on the hparams' "
-                  "harmful_data), a saved vector folder, or none (a plain fine-tune, the baseline).",
-    }
+    #: One edit's inputs (pipeline keys and ``detox edit`` flags).
+    inputs: ClassVar[tuple[InputField, ...]] = (
+        InputField("action", "vector (default): train the security vector and attach it inactive; finetune: the "
+                   "user's fine-tune with the vector active and frozen, exported without it."),
+        InputField("data", "vector: the harmful rows (default: the hparams' harmful_data); finetune: the user's "
+                   "rows (required). A JSONL path or a file shipped in detox_plugins/data.", path=True,
+                   metavar="FILE"),
+        InputField("vector", "finetune only: train (default; trains the vector first on the hparams' "
+                   "harmful_data), a saved vector folder, or none (a plain fine-tune, the baseline).", path=True,
+                   metavar="DIR"),
+    )
 
-    # ------------------------------------------------------------------ pipeline hooks (registry.pipeline)
-    def read_spec(self, spec: Mapping[str, Any], *, base_dir: Any = None) -> StepInputs:
-        """Validate the step's action, data and vector now (files read, rows checked), before any model."""
-        from registry.pipeline import step_path
-
+    # ------------------------------------------------------------------ inputs
+    def read_inputs(self, values: Mapping[str, Any]) -> StepInputs:
+        """Validate the action, data and vector now (files read, rows checked), before any model."""
         hp = self.hparams
-        action = spec.get("action", "vector")
+        action = values.get("action") or "vector"
         if action not in ("vector", "finetune"):
             raise EditError(f"'action' must be vector or finetune, got {action!r}")
-        data = step_path(spec.get("data"), base_dir)
+        data = values.get("data")
         if action == "vector":
-            if spec.get("vector") is not None:
-                raise EditError("'vector:' belongs to action: finetune; a vector step trains the vector itself")
+            if values.get("vector") is not None:
+                raise EditError("'vector' belongs to action finetune; a vector step trains the vector itself")
             load_rows(data if data is not None else hp.harmful_data, harmful=True, limit=hp.num_harmful,
                       what="harmful data")
             return StepInputs("vector", data)
         if data is None:
-            raise EditError("a SecurityVectors finetune step needs 'data:' (the user's fine-tuning rows, "
+            raise EditError("a SecurityVectors finetune needs 'data' (the user's fine-tuning rows, "
                             "e.g. sv_attack.jsonl)")
         load_rows(data, harmful=None, what="fine-tuning data")
-        vector = spec.get("vector", "train")
+        vector = values.get("vector", "train")
         if vector is None or vector is False or vector == "none":
             return StepInputs("finetune", data, None)
         if not isinstance(vector, str):
@@ -232,14 +239,11 @@ class SecurityVectorEditor(Editor):
         if vector == "train":
             load_rows(hp.harmful_data, harmful=True, limit=hp.num_harmful, what="harmful data")
             return StepInputs("finetune", data, "train")
-        vector = step_path(vector, base_dir)
         SecurityVector.from_any(vector)  # a folder that is not a saved vector fails now
         return StepInputs("finetune", data, vector)
 
-    def edit_from_spec(self, model: Any, tokenizer: Any, inputs: Any) -> Edit:
+    def _run_inputs(self, model: Any, tokenizer: Any, inputs: StepInputs) -> Edit:
         """Stage 1 (the vector, inactive), or stages 1-3: train the vector, fine-tune with it, drop it."""
-        if not isinstance(inputs, StepInputs):
-            inputs = self.read_spec(dict(inputs or {}))
         if inputs.action == "vector":
             return self.edit(model, tokenizer, inputs.data)
         if inputs.vector != "train":
@@ -251,10 +255,8 @@ class SecurityVectorEditor(Editor):
             if vector.applied:  # fine_tune detaches it; this covers a failure before that
                 vector.revert()
 
-    def planned_targets(self, model: Any, inputs: Any = None) -> Any:
+    def planned_footprint(self, model: Any, inputs: Any = None) -> Footprint:
         """Adapters wrap their target modules; merged or full fine-tunes write weights."""
-        from registry.footprint import Footprint
-
         hp = self.hparams
         if not isinstance(inputs, StepInputs) or inputs.action == "vector":
             return Footprint.of(wraps=_linear_modules(model, hp.sv_lora.target_modules))
@@ -267,15 +269,19 @@ class SecurityVectorEditor(Editor):
 
     # ------------------------------------------------------------------ stage 1
     def edit(self, model: Any, tokenizer: Any,
-             requests: Union[Sequence[Union[EditRequest, Mapping[str, Any], TrainingRow]], str, Path, None] = None,
-             ) -> SecurityVectorEdit:
-        """Train the vector on ``requests`` and attach it inactive.
+             requests: Union[Sequence[Union[EditRequest, Mapping[str, Any], TrainingRow]], str, Path, StepInputs,
+                             None] = None,
+             ) -> Edit:
+        """Train the vector on ``requests`` and attach it inactive (``StepInputs`` from ``read_inputs``:
+        that action, possibly the whole protected fine-tune).
 
         ``requests``: None or ``[]`` = the hparams' ``harmful_data`` (shipped ``sv_harmful.jsonl``);
         a JSONL path; or a list of ``{"prompt", "response"}`` dicts / ``EditRequest`` s (``prompt`` = the
         harmful request, ``target_new`` = its compliance opening). Every target must pass the data
         rule. At most ``num_harmful`` rows are used.
         """
+        if isinstance(requests, StepInputs):
+            return self._run_inputs(model, tokenizer, requests)
         from .training import kl_reference, response_loss, train_vector
 
         hp = self.hparams

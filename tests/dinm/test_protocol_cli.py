@@ -1,13 +1,14 @@
-"""The SafeEdit protocol as one call, and the `detox edit` / `detox demo` functions, on tiny models."""
+"""The SafeEdit protocol as one call, and `detox safeedit` / `detox edit --hparams DINM/...` through the real
+parser, on tiny models."""
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import pytest
 
-from detox_plugins.dinm import commands
+from detox_plugins.cli import main
+from detox_plugins.dinm.cases import load_cases
 from detox_plugins.dinm.editor import DINMEditor
 from detox_plugins.dinm.protocol import METRICS, as_request, evaluation_prompts
 
@@ -59,17 +60,32 @@ def test_safeedit_protocol_reverts_every_case(tok, llama, mode) -> None:
     assert "|" in report.table()
 
 
-def test_run_edit_prints_saves_and_writes_json(tok, llama, tmp_path, monkeypatch, capsys) -> None:
-    cases = tmp_path / "cases.json"
-    cases.write_text(json.dumps([RECORD, dict(RECORD, id=4)]))
-    hp_file = tmp_path / "hp.yaml"
-    hp_file.write_text("alg_name: DINM\nnum_steps: 1\nlr: 1e-2\nmax_output_length: 3\n")
-    monkeypatch.setattr(commands, "load_model_and_tokenizer", lambda args, hp: (llama, tok))
-    before = state(llama)
-    args = argparse.Namespace(hparams=str(hp_file), cases=str(cases), case_id="4", limit=None, model=None,
-                              out=str(tmp_path / "edit"), json=str(tmp_path / "out.json"), max_new_tokens=None)
-    assert commands.run_edit(args) == 0
-    assert same_state(llama, before)
+@pytest.fixture
+def model_folder(tmp_path, tok, llama):
+    folder = tmp_path / "tiny-llama"
+    llama.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def hp_file(tmp_path):
+    path = tmp_path / "hp.yaml"
+    path.write_text("alg_name: DINM\nnum_steps: 1\nlr: 1e-2\nmax_output_length: 3\n")
+    return path
+
+
+@pytest.fixture
+def cases_file(tmp_path):
+    path = tmp_path / "cases.json"
+    path.write_text(json.dumps([RECORD, dict(RECORD, id=4)]))
+    return path
+
+
+def test_safeedit_command_prints_saves_and_writes_json(model_folder, hp_file, cases_file, tmp_path, capsys) -> None:
+    assert main(["safeedit", "--hparams", str(hp_file), "--cases", str(cases_file), "--case-id", "4", "--model",
+                 str(model_folder), "--out", str(tmp_path / "edit"), "--json", str(tmp_path / "out.json"),
+                 "--quiet"]) == 0
     out = json.loads((tmp_path / "out.json").read_text())
     assert set(out["pre"]) == {*METRICS, "fluency"} and set(out["post"]) == {*METRICS, "fluency"}
     assert [c["case_id"] for c in out["cases"]] == [4] and "edit_seconds" in out
@@ -78,10 +94,29 @@ def test_run_edit_prints_saves_and_writes_json(tok, llama, tmp_path, monkeypatch
     assert "case 4" in printed and "DS" in printed
 
 
+def test_generic_edit_runs_dinm_on_one_case(model_folder, hp_file, cases_file, tmp_path, capsys) -> None:
+    from registry import load_edit, load_model
+
+    out = tmp_path / "edit"
+    assert main(["edit", "--hparams", str(hp_file), "--cases", str(cases_file), "--case-id", "3", "--model",
+                 str(model_folder), "--out", str(out), "--json", str(tmp_path / "e.json"), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "DINM edit of" in printed and "changes 1 tensor" in printed
+    summary = json.loads((tmp_path / "e.json").read_text())
+    assert summary["inputs"] == {"cases": str(cases_file), "case_id": "3"}
+    assert summary["fingerprint_before"] != summary["fingerprint_after"]
+    model, tokenizer = load_model(str(model_folder))
+    edit = load_edit(out).apply(model, tokenizer)
+    assert edit.footprint().stackable and edit.footprint().additive
+    edit.revert()
+    assert main(["edit", "--hparams", str(hp_file), "--model", str(model_folder)]) == 2
+    assert "DINM needs 'cases'" in capsys.readouterr().err
+
+
 def test_unknown_case_id_is_a_clear_error(tmp_path) -> None:
     from detox_plugins.evaluation.errors import DatasetError
 
     cases = tmp_path / "cases.json"
     cases.write_text(json.dumps([RECORD]))
     with pytest.raises(DatasetError, match="no case with id '99'"):
-        commands.load_cases(str(cases), case_id="99")
+        load_cases(str(cases), case_id="99")

@@ -24,7 +24,7 @@ def _parse(argv: list[str]) -> argparse.Namespace:
 def tiny_models(monkeypatch):
     tokenizer = build_word_tokenizer()
     model = build_tiny_llama(len(tokenizer))
-    monkeypatch.setattr(commands, "_load_models", lambda args: (model, tokenizer, []))
+    monkeypatch.setattr(commands, "load_model_from_args", lambda args: (model, tokenizer, []))
     return model, tokenizer
 
 
@@ -116,7 +116,7 @@ def test_eval_fails_before_loading_a_model_on_bad_input(monkeypatch):
     def boom(args):
         raise AssertionError("model loaded before input was validated")
 
-    monkeypatch.setattr(commands, "_load_models", boom)
+    monkeypatch.setattr(commands, "load_model_from_args", boom)
     with pytest.raises(DatasetError):
         args = _parse(["eval", "--dataset", "no-such-dataset"])
         args.func(args)

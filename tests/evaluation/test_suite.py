@@ -297,7 +297,7 @@ def test_report_command_on_a_saved_model_folder(tiny, tmp_path, real_registry, c
     edit = _make_edits(loaded, loaded_tok, tmp_path / "edits")["destein-bias_fold"]
     sources = _write_sources(tmp_path / "data")
     out = tmp_path / "report" / "mine.json"
-    argv = ["report", "--model", str(model_dir), "--edit", f"mine={edit}", "--limit", "2", "--rtp-samples", "2",
+    argv = ["report", "--model", str(model_dir), "--compare", f"mine={edit}", "--limit", "2", "--rtp-samples", "2",
             "--harmful-max-new-tokens", "3", "--benign-max-new-tokens", "3", "--rtp-max-new-tokens", "3",
             "--gsm8k-max-new-tokens", "3", "--json", str(out), "--no-progress"]
     for task, path in sources.items():
@@ -317,7 +317,7 @@ def test_report_help_and_errors(capsys, tmp_path) -> None:
     with pytest.raises(SystemExit):
         _parse(["report", "--help"])
     assert "example:" in capsys.readouterr().out
-    args = _parse(["report", "--edit", str(tmp_path / "nope")])
+    args = _parse(["report", "--compare", str(tmp_path / "nope")])
     with pytest.raises(ManifestError):
         args.func(args)  # fails on the edit folder before any model is loaded
 

@@ -62,10 +62,10 @@ def test_pipeline_plans_ft_exactly_and_dinm_stacks_on_it(ft) -> None:
     before = state(model)
     fact, dinm = plan(load_pipeline(PIPELINE).steps, model)
     assert fact.footprint is not None and fact.footprint.writes == {FT_TENSOR}
-    assert fact.footprint.additive and fact.footprint.exact and not fact.stackable
+    assert fact.footprint.additive and fact.footprint.exact and not fact.footprint.stackable
     # DINM before localization: any layer's down_proj, FT's included; additive and stackable, so allowed
     assert FT_TENSOR in dinm.footprint.writes and dinm.footprint.additive and not dinm.footprint.exact
-    assert dinm.stackable
+    assert dinm.footprint.stackable
     assert find_conflicts([fact, dinm]) == []
     assert same(model, before)
 

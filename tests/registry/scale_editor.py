@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, ClassVar, Sequence
 
 from registry import Editor, HyperParams, ParameterEdit, hookimpl, normalise_requests
 from registry.errors import EditError
@@ -21,6 +21,8 @@ class ScaleEditor(Editor):
     kind = "weights"
     hparams_class = ScaleHyperParams
     aliases = ("scaler",)
+    #: Whether its deltas may stack on a tensor an earlier additive edit changed (the footprint says so).
+    stacks: ClassVar[bool] = False
 
     def edit(self, model: Any, tokenizer: Any, requests: Sequence[Any]) -> ParameterEdit:
         normalise_requests(requests)
@@ -30,7 +32,7 @@ class ScaleEditor(Editor):
             raise EditError(f"template {self.hparams.template!r} matches no parameter of the model")
         metadata = self.base_metadata(model, layer=self.hparams.layer)
         delta = params[name].detach() * self.hparams.factor
-        return ParameterEdit.apply_deltas(model, {name: delta}, metadata)
+        return ParameterEdit.apply_deltas(model, {name: delta}, metadata, stackable=self.stacks)
 
 
 class ScalePlugin:

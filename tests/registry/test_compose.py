@@ -24,7 +24,7 @@ class StackScaleEditor(ScaleEditor):
     name = "StackScale"
     aliases = ()
     hparams_class = ScaleHyperParams
-    stackable = True
+    stacks = True
 
 
 class StackScalePlugin:
@@ -101,7 +101,7 @@ def test_compose_rejects_bad_input(scale_registry):
 
 def test_a_tensor_edited_twice_is_refused_unless_the_editor_declares_stacking(scale_registry):
     model = tiny_llama()
-    edits = three_edits(model, editor=ScaleEditor)  # Scale does not declare stackable
+    edits = three_edits(model, editor=ScaleEditor)  # Scale's footprint is not stackable
     edited = state(model)
     with pytest.raises(ConflictError, match=r"\(nothing was changed\): edit 3 \(Scale\) vs edit 1 \(Scale\): "
                                             r"both change model\.layers\.0\.mlp\.down_proj\.weight") as info:

@@ -78,7 +78,7 @@ def tok():
 
 # ---------------------------------------------------------------------- parsing
 def test_shipped_pipelines_parse_and_name_their_steps(reg):
-    shipped = registry.pipeline.shipped_pipelines()
+    shipped = registry.catalog.shipped_pipelines()
     assert {"detox-all", "sv-finetune-then-dinm"} <= set(shipped)
     assert not any("pipelines" in name for name in registry.shipped_hparams())  # not mistaken for hparams
     detox = load_pipeline("detox-all")
@@ -121,12 +121,12 @@ def test_a_pipeline_file_resolves_relative_paths_and_merges_overrides(reg, tmp_p
     ({"steps": [{"hparams": dinm(), "override": {"num_step": 3}}]},
      r"\+ override\): unknown key 'num_step' for DINMHyperParams; did you mean 'num_steps'"),
     ({"steps": [{"hparams": dinm(), "override": "lr=1"}]}, r"'override' must be a mapping"),
-    ({"steps": [{"hparams": dinm()}]}, r"p\.yaml step 1 \(DINM\): a DINM step needs 'cases:'"),
+    ({"steps": [{"hparams": dinm()}]}, r"p\.yaml step 1 \(DINM\): DINM needs 'cases'"),
     ({"steps": [{"hparams": dinm(), "cases": "safeedit-sample", "case_id": 999}]}, r"no case with id '999'"),
-    ({"steps": [{"hparams": dinm(), "cases": "safeedit-sample", "requests": [CASE]}]}, r"either 'cases:' or"),
+    ({"steps": [{"hparams": dinm(), "cases": "safeedit-sample", "requests": [CASE]}]}, r"either 'cases' or"),
     ({"steps": [{"hparams": dinm(), "requests": [{"prompt": "x"}]}]}, r"missing target_new"),
     ({"steps": [{"hparams": destein(), "pairs": "no-such-pairs.jsonl"}]}, r"pair file .* does not exist"),
-    ({"steps": [{"hparams": "SecurityVectors/smollm2-135m", "action": "finetune"}]}, r"needs 'data:'"),
+    ({"steps": [{"hparams": "SecurityVectors/smollm2-135m", "action": "finetune"}]}, r"needs 'data'"),
     ({"steps": [{"hparams": "SecurityVectors/smollm2-135m", "action": "train"}]}, r"'action' must be vector"),
     ({"steps": [{"hparams": "SecurityVectors/smollm2-135m", "action": "finetune", "data": "sv_attack.jsonl",
                  "vector": "no/such/folder"}]}, r"no/such/folder is not a folder"),
@@ -245,7 +245,7 @@ SV_FINETUNE = {"hparams": "SecurityVectors/smollm2-135m", "action": "finetune", 
      "adapter-over-hook", r"step 2 \(SecurityVectors\)'s adapter would wrap model\.layers\.0\.self_attn\.o_proj"),
     # a full fine-tune after a weight edit rewrites the edited tensor; SecurityVectors does not stack
     ([{"hparams": dinm(layers=[1]), "requests": [CASE]}, {**SV_FINETUNE, "override": {"user_mode": "full"}}],
-     "same-tensor", r"only an editor that declares stacking"),
+     "same-tensor", r"only an edit whose footprint is stackable"),
 ])
 def test_conflicts_are_refused_before_anything_changes(reg, tok, steps, rule, fragment):
     model = tiny_llama()

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from detox_plugins.security_vectors import commands
+from detox_plugins.cli import main
 from detox_plugins.security_vectors.editor import SecurityVectorEditor
-from registry.errors import DetoxError
 
 from .conftest import SV_TASKS
 from .tiny import harmful_rows
@@ -55,18 +53,13 @@ def model_folder(make_model, tokenizer, tmp_path) -> Path:
     return folder
 
 
-def _args(**values: Any) -> argparse.Namespace:
-    defaults = dict(model=None, hparams=None, edit=None, force=False, dtype=None, device=None, data=None,
-                    vector=None, out=None, json=None)
-    return argparse.Namespace(**{**defaults, **values})
-
-
 def _jsonl(path: Path, rows: list[dict]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return path
 
 
-def test_run_edit_then_run_finetune(sv_registry, model_folder, hparams, attack_rows, tmp_path, capsys) -> None:
+def test_edit_then_finetune_through_the_parser(sv_registry, model_folder, hparams, attack_rows, tmp_path,
+                                               capsys) -> None:
     import yaml
 
     from registry.saved import load_edit
@@ -77,32 +70,32 @@ def test_run_edit_then_run_finetune(sv_registry, model_folder, hparams, attack_r
     hp_file.write_text(yaml.safe_dump(config))
     harmful = _jsonl(tmp_path / "harmful.jsonl", harmful_rows(SV_TASKS))
     attack = _jsonl(tmp_path / "attack.jsonl", attack_rows)
-    assert commands.run_edit(_args(hparams=str(hp_file), data=str(harmful), out=str(tmp_path / "sv"),
-                                   json=str(tmp_path / "sv.json"))) == 0
-    assert "security vector saved" in capsys.readouterr().out
-    assert json.loads((tmp_path / "sv.json").read_text())["harmful_rows"] == len(SV_TASKS)
-    assert commands.run_finetune(_args(hparams=str(hp_file), data=str(attack), vector=str(tmp_path / "sv"),
-                                       out=str(tmp_path / "ft"))) == 0
+    assert main(["edit", "--hparams", str(hp_file), "--data", str(harmful), "--out", str(tmp_path / "sv"),
+                 "--json", str(tmp_path / "sv.json")]) == 0
+    printed = capsys.readouterr().out
+    assert "SecurityVectors edit of" in printed and f"harmful rows {len(SV_TASKS)}" in printed
+    assert json.loads((tmp_path / "sv.json").read_text())["inputs"] == {"data": str(harmful)}
+    assert main(["finetune", "--hparams", str(hp_file), "--data", str(attack), "--vector", str(tmp_path / "sv"),
+                 "--out", str(tmp_path / "ft")]) == 0
     assert "vector on" in capsys.readouterr().out
-    assert commands.run_finetune(_args(hparams=str(hp_file), data=str(attack), out=str(tmp_path / "plain"))) == 0
+    assert main(["finetune", "--hparams", str(hp_file), "--data", str(attack), "--out", str(tmp_path / "plain")]) == 0
     assert "plain fine-tune" in capsys.readouterr().out
     model, tokenizer = load_model(str(model_folder))
     edit = load_edit(tmp_path / "ft").apply(model, tokenizer)  # what `detox eval --edit DIR` does
     assert edit.metadata["finetune"]["vector"] is not None
     edit.revert()
-    with pytest.raises(DetoxError, match="already exists"):
-        commands.run_finetune(_args(hparams=str(hp_file), data=str(attack), out=str(tmp_path / "ft")))
-    with pytest.raises(DetoxError, match="not a security vector"):
-        commands.run_finetune(_args(hparams=str(hp_file), data=str(attack), vector=str(tmp_path / "ft"),
-                                    out=str(tmp_path / "x")))
+    assert main(["finetune", "--hparams", str(hp_file), "--data", str(attack), "--out", str(tmp_path / "ft")]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert main(["finetune", "--hparams", str(hp_file), "--data", str(attack), "--vector", str(tmp_path / "ft"),
+                 "--out", str(tmp_path / "x")]) == 2
+    assert "not a security vector" in capsys.readouterr().err
 
 
 def test_detox_command_dispatch(sv_registry, model_folder, hparams, attack_rows, tmp_path) -> None:
-    cli = pytest.importorskip("detox_plugins.cli")
     import yaml
 
     hp_file = tmp_path / "sv.yaml"
     hp_file.write_text(yaml.safe_dump(hparams(model_name=str(model_folder), ft_epochs=1)))
     attack = _jsonl(tmp_path / "attack.jsonl", attack_rows)
-    code = cli.main(["finetune", "--hparams", str(hp_file), "--data", str(attack), "--out", str(tmp_path / "ft")])
+    code = main(["finetune", "--hparams", str(hp_file), "--data", str(attack), "--out", str(tmp_path / "ft")])
     assert code == 0 and (tmp_path / "ft" / "manifest.json").is_file()

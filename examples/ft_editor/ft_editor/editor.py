@@ -50,7 +50,7 @@ class FTEditor(Editor):
         logger.info("FT: loss %.4f -> %.4f in %d steps", losses[0], losses[-1], len(losses))
         return ParameterEdit.apply_deltas(model, deltas, metadata)  # W0 + delta, revertible bit for bit
 
-    def planned_targets(self, model: Any, inputs: Any = None) -> Footprint:
+    def planned_footprint(self, model: Any, inputs: Any = None) -> Footprint:
         """For pipelines: the tensors ``edit`` will change (as ``W0 + delta``), known before it runs, so
         conflicts are found first and a bad template fails before any step. ``requests:`` is the base's."""
         return Footprint.of(writes=self.target_weights(model), additive=True)
