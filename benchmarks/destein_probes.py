@@ -12,6 +12,7 @@ only 4 pairs (8 activations) are held out, so each accuracy is a multiple of 1/8
 
 from __future__ import annotations
 
+from registry import from_hparams
 import argparse
 import json
 import sys
@@ -25,10 +26,9 @@ SITES = {"head_input": {"fusion": "additive", "apply": "bias_fold"},
 
 def measure(model: Any, tokenizer: Any, hparams: str, sites: list[str], pair_counts: list[int]) -> list[dict[str, Any]]:
     """One record per (site, pair count): acc [L, H] and summary numbers."""
-    from detox_plugins.destein.commands import load_hparams
     from detox_plugins.destein.editor import DeSteinEditor
 
-    base = load_hparams(hparams)
+    base = from_hparams(hparams)
     records = []
     for site in sites:
         for count in pair_counts:
@@ -91,7 +91,6 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from detox_plugins.destein.commands import load_hparams
     from registry.models import load_model
 
     torch.set_num_threads(args.threads)
@@ -99,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.limit:
         sites, counts = sites[:1], counts[:1]
     start = time.perf_counter()
-    model, tokenizer = load_model(args.model or load_hparams(args.hparams))
+    model, tokenizer = load_model(args.model or from_hparams(args.hparams))
     records = measure(model, tokenizer, args.hparams, sites, counts)
     result = {"model": args.model or "smollm2-135m-instruct (embedded)", "hparams": args.hparams,
               "records": records, "seconds": round(time.perf_counter() - start, 1)}

@@ -15,6 +15,7 @@ A config is ``base`` or ``FUSION:ALPHA[@APPLY]`` (FUSION rotate|additive, APPLY 
 
 from __future__ import annotations
 
+from registry import from_hparams
 import argparse
 import json
 import logging
@@ -104,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     prompts = [r["prompt"] for r in rows]
     benign = [r["prompt"] for r in load_benign()[: args.benign]] if args.benign else []
 
-    base_hp = DeSteinHyperParams.from_hparams(args.hparams) if args.hparams else DeSteinHyperParams(alg_name="DeStein")
+    base_hp = from_hparams(args.hparams) if args.hparams else DeSteinHyperParams(alg_name="DeStein")
     overrides: dict[str, Any] = {"progress": False}
     pairs = base_hp.to_dict()["pairs"]
     probe = base_hp.to_dict()["probe"]

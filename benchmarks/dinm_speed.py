@@ -13,6 +13,7 @@ is the process's peak RSS after each configuration's edits (``resource``; the mo
 
 from __future__ import annotations
 
+from registry import from_hparams
 import argparse
 import json
 import resource
@@ -51,14 +52,14 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from detox_plugins.dinm.commands import load_cases, load_hparams
+    from detox_plugins.dinm.cases import load_cases
     from detox_plugins.dinm.editor import DINMEditor
     from detox_plugins.dinm.protocol import as_request
     from registry.models import load_model
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    base = load_hparams(args.hparams)
+    base = from_hparams(args.hparams)
     model, tokenizer = load_model(args.model or base)
     requests = [as_request(c) for c in load_cases(args.cases, limit=args.limit)]
     results: dict[str, Any] = {"hparams": args.hparams, "cases": [r.case_id for r in requests],

@@ -17,6 +17,7 @@ edited: only forward passes run.
 
 from __future__ import annotations
 
+from registry import from_hparams
 import argparse
 import json
 import sys
@@ -39,12 +40,11 @@ def _round_robin(cases: list[Any]) -> list[Any]:
 
 def measure(model: Any, tokenizer: Any, cases: list[Any], hparams: str) -> dict[str, Any]:
     """Per-method, per-case layer scores and argmax layers."""
-    from detox_plugins.dinm.commands import load_hparams
     from detox_plugins.dinm.editor import DINMEditor
     from detox_plugins.dinm.locate import locate_blocks, locate_easyedit
     from detox_plugins.dinm.protocol import as_request
 
-    hp = load_hparams(hparams)
+    hp = from_hparams(hparams)
     editor = DINMEditor(hp.replace(mode="improved", layers=[]))
     out: dict[str, Any] = {m: {"scores": [], "layers": []} for m in METHODS}
     for case in cases:
@@ -106,14 +106,13 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from detox_plugins.dinm.commands import load_hparams
     from detox_plugins.evaluation.datasets import load_safeedit_sample
     from registry.models import load_model
 
     torch.set_num_threads(args.threads)
     count = args.limit or args.cases
     start = time.perf_counter()
-    model, tokenizer = load_model(args.model or load_hparams(args.hparams))
+    model, tokenizer = load_model(args.model or from_hparams(args.hparams))
     cases = _round_robin(load_safeedit_sample())[:count]
     methods = measure(model, tokenizer, cases, args.hparams)
     result = {

@@ -21,6 +21,7 @@ summary and every answer to ``<json>.items.jsonl``.
 
 from __future__ import annotations
 
+from registry import from_hparams
 import argparse
 import logging
 import sys
@@ -58,19 +59,18 @@ def _usable(folder: Path, fingerprint: str) -> bool:
 
 
 def _dinm_edit(model: Any, tokenizer: Any) -> Any:
-    from detox_plugins.dinm.commands import load_cases, load_hparams
+    from detox_plugins.dinm.cases import load_cases
     from detox_plugins.dinm.editor import DINMEditor
     from detox_plugins.dinm.protocol import as_request
 
     case = load_cases("safeedit-sample", case_id=str(DINM_CASE_ID))[0]
-    return DINMEditor(load_hparams(DINM_HPARAMS)).edit(model, tokenizer, [as_request(case)])
+    return DINMEditor(from_hparams(DINM_HPARAMS)).edit(model, tokenizer, [as_request(case)])
 
 
 def _destein_edit(model: Any, tokenizer: Any) -> Any:
-    from detox_plugins.destein.commands import load_hparams
     from detox_plugins.destein.editor import DeSteinEditor
 
-    hp = load_hparams(DESTEIN_HPARAMS).replace(progress=False)
+    hp = from_hparams(DESTEIN_HPARAMS).replace(progress=False)
     return DeSteinEditor(hp).edit(model, tokenizer)
 
 

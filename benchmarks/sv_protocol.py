@@ -22,6 +22,7 @@ Every stage caches its result (and artifacts) under ``--work``; rerunning skips 
 
 from __future__ import annotations
 
+from registry import from_hparams
 import argparse
 import json
 import logging
@@ -42,7 +43,6 @@ class Protocol:
         import torch
 
         from detox_plugins.security_vectors.data import load_rows
-        from detox_plugins.security_vectors.hparams import SecurityVectorHyperParams
         from registry.models import load_model
 
         torch.set_num_threads(args.threads)
@@ -53,7 +53,7 @@ class Protocol:
         self.results_path = self.work / "results.json"
         self.results: dict[str, Any] = (json.loads(self.results_path.read_text())
                                         if self.results_path.is_file() else {})
-        self.hp = SecurityVectorHyperParams.from_hparams(args.hparams)
+        self.hp = from_hparams(args.hparams)
         overrides = dict(json.loads(args.override)) if args.override else {}
         if overrides:
             self.hp = self.hp.replace(**overrides)

@@ -12,6 +12,7 @@ and writes JSON.
 
 from __future__ import annotations
 
+from registry import from_hparams
 import argparse
 import json
 import statistics
@@ -70,12 +71,11 @@ def main() -> int:
 
     from detox_plugins.security_vectors import adapters
     from detox_plugins.security_vectors.data import encode_rows, load_rows
-    from detox_plugins.security_vectors.hparams import SecurityVectorHyperParams
     from detox_plugins.security_vectors.training import train_user
     from registry.models import load_model
 
     torch.set_num_threads(args.threads)
-    hp = SecurityVectorHyperParams.from_hparams(args.hparams)
+    hp = from_hparams(args.hparams)
     hp = hp.replace(progress=False, ft_max_steps=args.steps + 1, ft_logging_steps=1000)
     model, tokenizer = load_model(hp.model_name)
     rows = encode_rows(load_rows("sv_attack.jsonl"), tokenizer, max_length=hp.max_length,

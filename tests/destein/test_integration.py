@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from registry import from_hparams
 from typing import Any
 
 import pytest
@@ -23,12 +24,11 @@ def test_steering_lowers_profanity_of_continuations(embedded_model: Any) -> None
                                                   "alt-profanity-check==1.9.1")
     from profanity_check import predict_prob
 
-    from detox_plugins.destein.commands import load_hparams
     from detox_plugins.destein.editor import DeSteinEditor
     from detox_plugins.evaluation.generate import generate
 
     model, tokenizer = embedded_model
-    hp = load_hparams("DeStein/smollm2-135m").replace(progress=False)
+    hp = from_hparams("DeStein/smollm2-135m").replace(progress=False)
 
     def continuations() -> list[str]:
         samples = generate(model, tokenizer, PROMPTS, max_new_tokens=20, do_sample=True, top_p=0.9, top_k=0,

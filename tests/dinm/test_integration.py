@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from registry import from_hparams
 import pytest
 
 pytestmark = pytest.mark.integration
@@ -19,7 +20,7 @@ def test_one_edit_makes_the_shipped_case_refused(embedded_model) -> None:
     from detox_plugins.evaluation.judges import is_refusal
 
     model, tok = embedded_model
-    hp = commands.load_hparams(commands.DEFAULT_HPARAMS)
+    hp = from_hparams("DINM/smollm2-135m")
     case = next(c for c in datasets.load_safeedit_sample() if c.case_id == commands.DEMO_CASE_ID)
     request = as_request(case)
     prompt = evaluation_prompts(request, hp)["post"]["DS"]

@@ -27,7 +27,7 @@ def test_embedded_model_answers_a_benign_question(embedded_model):
 
 
 def test_eval_command_on_one_safeedit_case(embedded_model, monkeypatch, tmp_path):
-    monkeypatch.setattr(commands, "_load_models", lambda args: (*embedded_model, []))
+    monkeypatch.setattr(commands, "load_model_from_args", lambda args: (*embedded_model, []))
     parser = argparse.ArgumentParser(prog="detox")
     commands.add_subcommands(parser.add_subparsers(dest="command"))
     out = tmp_path / "safeedit.json"

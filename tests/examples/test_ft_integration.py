@@ -3,6 +3,7 @@ the harmful prompt is refused, and reverting the composition restores every weig
 
 from __future__ import annotations
 
+from registry import from_hparams
 import pytest
 import torch
 
@@ -27,7 +28,7 @@ def test_fact_then_detox_keeps_the_fact_refuses_and_reverts(embedded_model, real
     torch.set_num_threads(1)
     model, tok = embedded_model
     before = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    hp = commands.load_hparams(commands.DEFAULT_HPARAMS)
+    hp = from_hparams("DINM/smollm2-135m")
     case = next(c for c in datasets.load_safeedit_sample() if c.case_id == commands.DEMO_CASE_ID)
     request = as_request(case)
     harmful = evaluation_prompts(request, hp)["post"]["DS"]

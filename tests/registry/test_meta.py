@@ -16,7 +16,7 @@ def hook_names() -> list[str]:
 
 
 def test_the_contract_has_hooks():
-    assert hook_names() == ["register_editors"]
+    assert hook_names() == ["register_commands", "register_editors"]
 
 
 def test_every_hook_has_a_test():
