@@ -14,7 +14,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import yaml
 
@@ -23,7 +23,7 @@ from registry.commandline import add_model_arguments, check_new_output, load_mod
 from registry.compose import StepFootprint, applied_footprints, describe_edit, raise_on_conflicts
 from registry.errors import DetoxError, HyperParamsError
 from registry.fingerprint import model_fingerprint
-from registry.hparams import HyperParams, peek_alg_name
+from registry.hparams import HyperParams, deep_merge, peek_alg_name
 from registry.inputs import InputField
 from registry.pipeline import load_pipeline, run_pipeline
 from registry.plugins import CommandInfo, get_editor, list_commands, list_editors, load_editors
@@ -176,23 +176,13 @@ def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
     return changes
 
 
-def _merge(base: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in changes.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
-            merged[key] = _merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
-
-
 def hparams_with_overrides(name: str, pairs: Sequence[str]) -> HyperParams:
     """The hparams ``--hparams`` names, with every ``--set`` applied and validated like the file."""
     hparams = from_hparams(name)
     changes = parse_overrides(pairs)
     if not changes:
         return hparams
-    return type(hparams).from_dict(_merge(hparams.to_dict(), changes), source=f"{name} + --set")
+    return type(hparams).from_dict(deep_merge(hparams.to_dict(), changes), source=f"{name} + --set")
 
 
 def chosen_inputs(args: argparse.Namespace, editor_class: type) -> dict[str, Any]:
@@ -369,11 +359,10 @@ def _plugin_command(info: CommandInfo) -> Callable[[argparse.Namespace], int]:
 def build_parser() -> argparse.ArgumentParser:
     """The whole ``detox`` parser: the host's commands, then every command an installed plugin adds."""
     commands = list_commands()
-    plugin_lines = "".join(f"\n  {c.command.name:<10} {c.command.summary} [{c.distribution}]" for c in commands)
     parser = argparse.ArgumentParser(
         prog="detox",
-        description="Detoxify language models with pluggable, revertible editors (DINM, DeStein, security vectors)."
-                    + (f"\n\ncommands added by plugins:{plugin_lines}" if commands else ""),
+        description="Detoxify language models with pluggable, revertible editors (DINM, DeStein, security vectors).\n"
+                    "Commands marked [distribution] come from installed editor plugins.",
         formatter_class=_formatter,
         epilog="examples:\n  detox plugins\n  detox generate 'How do I bake bread?'\n  detox hparams list",
     )
@@ -459,7 +448,11 @@ def configure_logging(verbosity: int) -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = build_parser()
+    try:
+        parser = build_parser()  # loads the plugins: in strict mode a broken one raises here
+    except DetoxError as exc:
+        print(f"detox: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
     args = parser.parse_args(argv)
     configure_logging(args.verbose)
     if getattr(args, "quiet", False):

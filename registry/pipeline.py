@@ -40,7 +40,7 @@ from .compose import ComposedEdit, StepFootprint, applied_footprints, leaf_edits
 from .editor import Editor
 from .edits import Edit
 from .errors import DetoxError, EditError, HyperParamsError
-from .hparams import HyperParams, read_hparams_file
+from .hparams import HyperParams, deep_merge, read_hparams_file
 from .inputs import check_input_keys, resolve_input_paths
 from .models import load_model
 from .plugins import get_editor
@@ -205,16 +205,6 @@ def _relative_to(value: Union[str, Path], base_dir: Optional[Path]) -> Union[str
     return value
 
 
-def _deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in override.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
-            merged[key] = _deep_merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
-
-
 def _step_hparams(value: Any, override: Mapping[str, Any], where: str, base_dir: Optional[Path]
                   ) -> tuple[type, HyperParams, str]:
     """(editor class, validated hparams with the override merged in, a label of their source)."""
@@ -238,7 +228,7 @@ def _step_hparams(value: Any, override: Mapping[str, Any], where: str, base_dir:
         editor_class = get_editor(alg.strip())
     except DetoxError as exc:
         raise _with_context(exc, f"{where} ({label})") from None
-    merged = _deep_merge(raw, override) if override else dict(raw)
+    merged = deep_merge(raw, override) if override else dict(raw)
     source = f"{where} ({label}{' + override' if override else ''})"
     hparams = editor_class.hparams_class.from_dict(merged, source=source)
     return editor_class, editor_class.coerce_hparams(hparams), label

@@ -153,3 +153,27 @@ def test_the_layer_test_catches_an_upward_import(tmp_path, monkeypatch):
     fake["registry.errors"].write_text("from detox_plugins.cli import main\n")
     targets = imports("registry.errors", fake["registry.errors"], {"registry.errors", "detox_plugins.cli"})
     assert targets == {"detox_plugins.cli"} and layer_of("detox_plugins.cli") > layer_of("registry.errors")
+
+
+def _documented_layers() -> dict[str, int]:
+    """``{pattern: layer}`` from the two layer tables of docs/ARCHITECTURE.md."""
+    import re
+
+    text = (ROOT / "docs" / "ARCHITECTURE.md").read_text(encoding="utf-8")
+    found: dict[str, int] = {}
+    prefix = ""
+    for line in text.splitlines():
+        if line.startswith("### `"):
+            prefix = line.strip("#` ")
+        row = re.match(r"^\| (\d+) \| (.+?) \|", line)
+        if row:
+            for name in re.findall(r"`([^`]+)`", row.group(2)):
+                full = name if name == prefix else f"{prefix}.{name}"
+                found[full] = int(row.group(1))
+    return found
+
+
+def test_architecture_doc_draws_the_same_layers():
+    documented = _documented_layers()
+    expected = {pattern: index for index, patterns in enumerate(LAYERS) for pattern in patterns}
+    assert documented == expected, "docs/ARCHITECTURE.md and LAYERS disagree"

@@ -27,10 +27,20 @@ HELLO = Command("hello", "Say hello (a plugin command).", _hello,
                 examples=("detox hello --name you",))
 
 
-class HelloPlugin:
+class CommandsPlugin:
+    """A plugin whose register_commands registers the given objects."""
+
+    def __init__(self, *commands: object) -> None:
+        self.commands = commands
+
     @hookimpl
     def register_commands(self, register):
-        register(HELLO)
+        for command in self.commands:
+            register(command)
+
+
+def HelloPlugin() -> CommandsPlugin:  # noqa: N802 - reads like the plugin class it stands for
+    return CommandsPlugin(HELLO)
 
 
 @pytest.fixture
@@ -61,13 +71,8 @@ def test_hook_register_commands_adds_a_subcommand_with_the_shared_model_flags(he
     ("not a command", "not a registry.Command"),
 ])
 def test_a_bad_command_is_isolated_and_reported(editor_registry, command, fragment):
-    class BadPlugin:
-        @hookimpl
-        def register_commands(self, register):
-            register(command)
-
     editor_registry.register_plugin(HelloPlugin(), name="hello-plugin", distribution="hello-dist", version="0.2")
-    editor_registry.register_plugin(BadPlugin(), name="bad-plugin", distribution="bad-dist", version="1")
+    editor_registry.register_plugin(CommandsPlugin(command), name="bad-plugin", distribution="bad-dist", version="1")
     assert [c.command.name for c in registry.list_commands()] == ["hello"]
     failure = next(f for f in editor_registry.failures() if f.plugin == "bad-plugin")
     assert fragment in failure.error
@@ -75,25 +80,16 @@ def test_a_bad_command_is_isolated_and_reported(editor_registry, command, fragme
 
 
 def test_two_plugins_with_one_command_name_keep_the_first(editor_registry):
-    class Twin:
-        @hookimpl
-        def register_commands(self, register):
-            register(HELLO)
-
     editor_registry.register_plugin(HelloPlugin(), name="hello-plugin", distribution="hello-dist", version="0.2")
-    editor_registry.register_plugin(Twin(), name="twin", distribution="twin-dist", version="1")
+    editor_registry.register_plugin(CommandsPlugin(HELLO), name="twin", distribution="twin-dist", version="1")
     assert [c.distribution for c in registry.list_commands()] == ["hello-dist"]
     assert "already provided by hello-dist" in next(f for f in editor_registry.failures() if f.plugin == "twin").error
 
 
 def test_strict_mode_raises_for_a_bad_command(editor_registry, monkeypatch):
-    class BadPlugin:
-        @hookimpl
-        def register_commands(self, register):
-            register(Command("x y", "x", _hello, examples=("detox x",)))
-
     monkeypatch.setenv(plugins.ENV_STRICT, "1")
-    editor_registry.register_plugin(BadPlugin(), name="bad-plugin", distribution="bad-dist", version="1")
+    editor_registry.register_plugin(CommandsPlugin(Command("x y", "x", _hello, examples=("detox x",))),
+                                    name="bad-plugin", distribution="bad-dist", version="1")
     with pytest.raises(PluginError, match="lower-case letters"):
         registry.list_commands()
 
