@@ -45,6 +45,7 @@ import re
 from pathlib import Path
 from typing import Any, Callable, Mapping, MutableMapping, Optional, Union
 
+from .compose import leaf_edits
 from .editor import Editor
 from .edits import Edit
 from .errors import HyperParamsError
@@ -117,14 +118,11 @@ def _with_overrides(editor_class: type[Editor], hp: HyperParams) -> HyperParams:
 def original_tensors(edit: Edit) -> dict[str, Any]:
     """Pre-edit values of the existing tensors ``edit`` changed in place (steps of a composed edit
     merged, the earliest original kept)."""
-    steps = getattr(edit, "steps", None)
-    if isinstance(steps, list) and all(isinstance(s, Edit) for s in steps):
-        merged: dict[str, Any] = {}
-        for step in steps:
-            for name, value in original_tensors(step).items():
-                merged.setdefault(name, value)
-        return merged
-    return dict(edit.original_tensors())
+    merged: dict[str, Any] = {}
+    for step in leaf_edits([edit]):
+        for name, value in step.original_tensors().items():
+            merged.setdefault(name, value)
+    return merged
 
 
 def apply_fn(name: Union[str, type]) -> ApplyFn:
