@@ -121,7 +121,7 @@ def run_demo(args: argparse.Namespace) -> int:
     print(f"  after the edit:  {_short(after[1], 300)}")
     print(f"\nRefusal (GCG strings): harmful {is_refusal(before[0])} -> {is_refusal(after[0])}, "
           f"benign {is_refusal(before[1])} -> {is_refusal(after[1])}. The edit was reverted; save one with "
-          f"`detox edit --hparams {args.hparams or DEFAULT_HPARAMS} --case-id {case.case_id} --out DIR`.")
+          f"`detox edit --hparams {args.hparams or DEFAULT_HPARAMS} --cases safeedit-sample --case-id {case.case_id} --out DIR`.")
     return 0
 
 
