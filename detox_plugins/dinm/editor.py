@@ -71,6 +71,31 @@ def template_matches(template: str, layer: int, names: Iterable[str]) -> list[st
     return found
 
 
+def position_limit(model: "nn.Module") -> Optional[int]:
+    """How many positions a model with a learned position table has (``n_positions`` /
+    ``max_position_embeddings``); None for rotary or ALiBi positions, which have no table to overrun."""
+    config = getattr(model, "config", None)
+    relative = any(getattr(config, key, None) for key in ("rope_theta", "rope_parameters", "rope_scaling", "alibi"))
+    if relative:
+        return None
+    for key in ("n_positions", "max_position_embeddings"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def _check_positions(model: "nn.Module", request: EditRequest, sequences: Sequence[Any]) -> None:
+    """Refuse a request whose tokenized sequences exceed the model's positions (learned position
+    tables, as in GPT-2 and OPT, would fail with an index error deep inside the forward pass)."""
+    limit = position_limit(model)
+    longest = max((s.length for s in sequences if s is not None), default=0)
+    if limit is not None and longest > limit:
+        raise EditError(
+            f"request {request.case_id!r}: a DINM sequence is {longest} tokens, over this model's {limit} positions; "
+            f"shorten the prompt or target_new, lower max_length, or set use_suffix: false")
+
+
 class DINMEditor(Editor):
     """Detoxifying with Intraoperative Neural Monitoring: a few Adam steps on one located MLP matrix."""
 
@@ -245,6 +270,7 @@ class DINMEditor(Editor):
                 context = prompt_text if hp.effective_localize_with_prompt else None
                 case.safe = self._localization_sequence(tokenizer, context, request.target_new)
                 case.unsafe = self._localization_sequence(tokenizer, context, request.ground_truth or "")
+            _check_positions(model, request, [case.edit, case.locality, case.safe, case.unsafe])
             cases.append(case)
         if not compat_locate and any(c.locate for c in cases) and stack is None:
             raise EditError(

@@ -82,12 +82,21 @@ def adapter_parameters(model: Any, adapter: str) -> dict[str, "torch.nn.Paramete
     return params
 
 
-def check_target_modules(model: Any, target_modules: Sequence[str], *, where: str) -> None:
-    """Raise EditError before any change when a target module name matches nothing in ``model``."""
+def adaptable_modules(model: Any) -> list[str]:
+    """Names of the layers a LoRA can wrap: ``nn.Linear`` and transformers' ``Conv1D`` (GPT-2's
+    projections, which peft adapts with ``fan_in_fan_out``), adapters' own layers left out."""
     import torch
 
-    linear_names = sorted({base_name(name) for name, module in model.named_modules()
-                           if isinstance(module, torch.nn.Linear) and ".lora_" not in name})
+    def adaptable(module: Any) -> bool:
+        return isinstance(module, torch.nn.Linear) or type(module).__name__ == "Conv1D"
+
+    return sorted({base_name(name) for name, module in model.named_modules()
+                   if adaptable(module) and ".lora_" not in name})
+
+
+def check_target_modules(model: Any, target_modules: Sequence[str], *, where: str) -> None:
+    """Raise EditError before any change when a target module name matches nothing in ``model``."""
+    linear_names = adaptable_modules(model)
     leaves = sorted({name.rsplit(".", 1)[-1] for name in linear_names})
     missing = [t for t in target_modules
                if not any(name == t or name.endswith(f".{t}") for name in linear_names)]

@@ -182,11 +182,7 @@ class StepInputs:
 
 def _linear_modules(model: Any, target_modules: Sequence[str]) -> list[str]:
     """The linear modules a LoRA with ``target_modules`` wraps (peft's suffix match)."""
-    import torch
-
-    names = {adapters.base_name(name) for name, module in model.named_modules()
-             if isinstance(module, torch.nn.Linear) and ".lora_" not in name}
-    return sorted(n for n in names if any(n == t or n.endswith(f".{t}") for t in target_modules))
+    return [n for n in adapters.adaptable_modules(model) if any(n == t or n.endswith(f".{t}") for t in target_modules)]
 
 
 # ---------------------------------------------------------------------- the editor
