@@ -113,3 +113,26 @@ def test_a_sequence_longer_than_learned_positions_is_refused(tok: Any) -> None:
 def test_readme_table_is_rendered_from_the_tested_families() -> None:
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     assert render_table() in readme, "regenerate it: python -m tests.families.families"
+
+
+#: Shipped hparams for 7-9B instruct models, and the family whose tiny model has the same module names.
+LARGE_MODELS = {"llama3.1-8b-instruct": "llama", "qwen2.5-7b-instruct": "qwen2", "mistral-7b-instruct": "mistral",
+                "gemma2-9b-it": "gemma2"}
+
+
+@pytest.mark.parametrize("model", sorted(LARGE_MODELS))
+def test_shipped_large_model_hparams_point_at_real_modules(model: str) -> None:
+    """Each editor's file for the model validates and its templates resolve on that family's modules."""
+    import registry
+    from detox_plugins.security_vectors import adapters
+
+    tiny = FAMILIES[LARGE_MODELS[model]].build()
+    for alg in ("DINM", "DeStein", "SecurityVectors"):
+        hparams = registry.from_hparams(f"{alg}/{model}")
+        assert "UNMEASURED" in Path(registry.resolve_hparams_path(f"{alg}/{model}")).read_text()
+        editor = registry.get_editor(alg)(hparams)
+        if alg == "SecurityVectors":
+            adapters.check_target_modules(tiny, hparams.sv_lora.target_modules, where="sv_lora")
+            continue
+        footprint = editor.planned_footprint(tiny)
+        assert footprint is not None and (footprint.writes or footprint.hooks), alg
