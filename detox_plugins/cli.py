@@ -20,7 +20,7 @@ import yaml
 
 from registry.catalog import from_hparams, resolve_hparams_path, shipped_hparams
 from registry.commandline import add_model_arguments, check_new_output, load_model_from_args
-from registry.compose import StepFootprint, applied_footprints, describe_edit, raise_on_conflicts
+from registry.compose import ComposedEdit, StepFootprint, applied_footprints, describe_edit, raise_on_conflicts
 from registry.errors import DetoxError, HyperParamsError
 from registry.fingerprint import model_fingerprint
 from registry.hparams import HyperParams, deep_merge, peek_alg_name
@@ -30,6 +30,7 @@ from registry.plugins import CommandInfo, get_editor, list_commands, list_editor
 from registry.saved import SavedEdit, load_edit
 
 from detox_plugins.evaluation.commands import add_subcommands as add_evaluation_commands
+from detox_plugins.evaluation.suite import markdown_table
 
 logger = logging.getLogger("detox")
 
@@ -338,6 +339,38 @@ def cmd_apply(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    """``detox export DIR --out OUT``: a standard checkpoint of the edited model (merged) or a PEFT adapter."""
+    saved = load_edit(args.directory)
+    check_new_output(args.out, overwrite=args.overwrite)
+    quality = _quality_table(args.report) if args.report else None
+    model, tokenizer, applied = load_model_from_args(args, default=_saved_model_name(saved))
+    edit = saved.apply(model, tokenizer, force=args.force)
+    whole = ComposedEdit(model, [*applied, edit]) if applied else edit  # --edit DIRs are part of the weights
+    try:
+        path = whole.export(args.out, tokenizer=tokenizer, format=args.format, quality=quality,
+                            overwrite=args.overwrite)
+    finally:
+        edit.revert()
+    files = sorted(p.name for p in Path(path).iterdir())
+    print(f"exported {saved.path} ({saved.editor}, {saved.payload}) as a {args.format} checkpoint to {path}")
+    print(f"  files: {', '.join(files)}")
+    if args.format == "merged":
+        print(f"  load it: AutoModelForCausalLM.from_pretrained({str(path)!r})   serve it: vllm serve {path}")
+    else:
+        print(f"  load it: PeftModel.from_pretrained(base_model, {str(path)!r})   serve it: vllm serve BASE "
+              f"--enable-lora --lora-modules detox={path}")
+    return 0
+
+
+def _quality_table(report: str) -> str:
+    """The markdown quality table of a ``detox report --json`` file, for the model card."""
+    try:
+        return markdown_table(json.loads(Path(report).read_text(encoding="utf-8")))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DetoxError(f"--report {report}: not a `detox report --json` file ({type(exc).__name__}: {exc})") from None
+
+
 def _saved_model_name(saved: SavedEdit) -> Optional[str]:
     """The hparams' model_name recorded in a saved edit (its first step for a composed one)."""
     if saved.payload == "composed":
@@ -418,6 +451,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="DIR2", help="save the applied edit again to this folder")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
     p.add_argument("--json", help="write the report as JSON to this file")
+
+    p = _add(sub, "export", "Write a saved edit as a standard checkpoint that loads without detox-plugins: a merged "
+             "Hugging Face folder (DINM, FT, merged fine-tunes, DeStein bias folds, composed edits) or a PEFT adapter.",
+             "detox export edits/dinm-0 --out exports/dinm-0\n"
+             "  detox export runs/ft --format peft --out exports/ft-adapter   # a fine-tune saved as an adapter\n"
+             "  detox export edits/detox-all --report out/report.json --out exports/detox-all", cmd_export)
+    p.add_argument("directory", metavar="DIR", help="a folder written by `detox edit --out`, `detox finetune` or Edit.save")
+    add_model_arguments(p)
+    p.add_argument("--out", required=True, help="the checkpoint folder to write")
+    p.add_argument("--format", choices=("merged", "peft"), default="merged",
+                   help="merged: the edited model as a Hugging Face folder (default); peft: an adapter folder")
+    p.add_argument("--report", metavar="FILE", help="a `detox report --json` file whose table goes into the model card")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
 
     add_evaluation_commands(sub)
     for info in commands:

@@ -200,6 +200,20 @@ class ComposedEdit(Edit):
             total = fp if total is None else total.merged(fp)
         return total
 
+    def export_config(self) -> dict[str, Any]:
+        """Every step's config changes (each step must be exportable; two different values conflict)."""
+        merged: dict[str, Any] = {}
+        for step in leaf_edits(self.steps):
+            for key, value in step.export_config().items():
+                if key in merged and merged[key] != value:
+                    raise EditError(f"the steps need different values of config {key!r} ({merged[key]!r}, "
+                                    f"{value!r}); export them separately")
+                merged[key] = value
+        return merged
+
+    def card_steps(self) -> list[dict[str, Any]]:
+        return [row for step in leaf_edits(self.steps) for row in step.card_steps()]
+
     def describe(self) -> list[dict[str, Any]]:
         """One row per leaf step: editor, payload, footprint (for reports such as ``detox apply``)."""
         return describe_edit(self)

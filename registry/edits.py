@@ -14,6 +14,7 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Optional, Protocol
 
+from .checkpoint import CARD_NAME, model_card, write_folder, write_merged
 from .errors import EditError
 from .footprint import Footprint
 
@@ -68,6 +69,44 @@ class Edit(abc.ABC):
     def summary(self) -> list[str]:
         """A few lines for a person, printed by ``detox edit`` after the edit (default: none)."""
         return []
+
+    # ------------------------------------------------------------------ export (standard checkpoints)
+    def export_config(self) -> dict[str, Any]:
+        """The config changes a merged checkpoint of the edited model needs, so that the architecture's
+        own class loads what this edit put into the weights (``{}``: none). Raise EditError naming why
+        and what would work when the edit cannot live in the weights. Default: refused."""
+        raise EditError(f"a {self.editor} '{self.payload}' edit changes no weights a checkpoint can hold; "
+                        f"serve it with detox (load_edit(DIR).apply(model)) instead of exporting it")
+
+    def write_peft(self, directory: Path) -> list[str]:
+        """Write this edit as a PEFT adapter folder (``adapter_config.json`` + ``adapter_model.safetensors``)
+        into ``directory``; return the file names. Default: refused (only adapter edits are adapters)."""
+        raise EditError(f"a {self.editor} '{self.payload}' edit is not a LoRA adapter; export it merged "
+                        f"(--format merged)")
+
+    def card_steps(self) -> list[dict[str, Any]]:
+        """What a model card lists of this edit: one entry per step (editor, payload, hparams, origin)."""
+        keys = ("editor", "distribution", "editor_version", "hparams", "model")
+        return [{"payload": self.payload, **{k: self.metadata.get(k) for k in keys}}]
+
+    def export(self, out: str | os.PathLike[str], *, tokenizer: Any = None, format: str = "merged",
+               quality: Optional[str] = None, overwrite: bool = False) -> Path:
+        """Write a standard checkpoint that loads without detox-plugins: ``merged`` (a Hugging Face folder
+        of the edited model; pass the tokenizer) or ``peft`` (an adapter folder for the base model). Both
+        carry a model card (``quality``: a markdown table to include)."""
+        steps = self.card_steps()
+        base = dict(steps[0].get("model") or {})  # the model before the first step
+        title = f"{base.get('name_or_path') or 'model'} + {' + '.join(str(s['editor']) for s in steps)}"
+        card = model_card(title=title, base=base, steps=steps, fmt=format, quality=quality)
+        if format == "merged":
+            return write_merged(self.model, tokenizer, out, config_updates=self.export_config(), card=card,
+                                overwrite=overwrite)
+        if format == "peft":
+            def fill(folder: Path) -> None:
+                self.write_peft(folder)
+                (folder / CARD_NAME).write_text(card, encoding="utf-8")
+            return write_folder(out, fill, overwrite=overwrite)
+        raise EditError(f"unknown export format {format!r}; use merged or peft")
 
     def original_tensors(self) -> dict[str, "torch.Tensor"]:
         """Pre-edit values of the model's existing tensors this edit changed in place, by name.
@@ -232,6 +271,9 @@ class ParameterEdit(Edit):
 
     def footprint(self) -> Footprint:
         return Footprint.of(writes=self.deltas, additive=True, stackable=self.stackable)
+
+    def export_config(self) -> dict[str, Any]:
+        return {}  # W0 + delta lives in the weights as they are
 
     def original_tensors(self) -> dict[str, "torch.Tensor"]:
         return dict(self.originals)

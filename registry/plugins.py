@@ -34,7 +34,8 @@ ENV_TRACE = "MODEL_EDITORS_TRACE"
 
 
 #: Subcommands the ``detox`` host defines itself; a plugin command may not take these names.
-RESERVED_COMMANDS = frozenset({"plugins", "hparams", "generate", "edit", "apply", "eval", "judge", "report"})
+RESERVED_COMMANDS = frozenset({"plugins", "hparams", "generate", "edit", "apply", "export", "eval", "judge",
+                               "report"})
 
 
 @dataclass(frozen=True)

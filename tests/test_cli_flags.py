@@ -108,6 +108,7 @@ def _commands(f: dict[str, str], out: Path) -> dict[str, list[str]]:
                     "--out", str(out / "ft")],
         "edit --pipeline": ["edit", "--pipeline", f["pipeline"], "--out", str(out / "pipeline")],
         "apply": ["apply", f["saved"]],
+        "export": ["export", f["saved"], "--out", str(out / "export")],
         "eval": ["eval", "--dataset", "benign", "--limit", "1", "--max-new-tokens", "2", "--no-progress"],
         "report": ["report", "--compare", f["saved"], "--harmbench", "0", "--donotanswer", "0", "--benign", "1",
                    "--rtp", "0", "--gsm8k", "0", "--benign-max-new-tokens", "2", "--no-progress"],
@@ -120,7 +121,7 @@ def _commands(f: dict[str, str], out: Path) -> dict[str, list[str]]:
 
 
 COMMANDS = ["generate", "edit DINM", "edit DeStein", "edit SecurityVectors", "edit FT", "edit --pipeline", "apply",
-            "eval", "report", "demo", "safeedit", "steer", "finetune"]
+            "export", "eval", "report", "demo", "safeedit", "steer", "finetune"]
 
 
 def test_the_matrix_covers_every_subcommand() -> None:

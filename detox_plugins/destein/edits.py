@@ -144,6 +144,12 @@ class DeSteinEdit(Edit):
 class HookEdit(DeSteinEdit):
     """DeStein applied through forward hooks (rotate, or additive with a pre-hook / post-hook)."""
 
+    def export_config(self) -> dict[str, Any]:
+        raise EditError(
+            f"DeStein with apply: hook (fusion {self.settings.fusion}) steers activations at run time, which no "
+            f"weights can hold; for a checkpoint use fusion: additive with apply: bias_fold, or serve this edit "
+            f"with detox (load_edit(DIR).apply(model))")
+
     def __init__(self, model: Any, metadata: Mapping[str, Any], vectors: SteeringVectors,
                  settings: SteerSettings, geometry: AttentionGeometry) -> None:
         self.strength = Strength(settings.alpha)
@@ -276,6 +282,21 @@ class BiasFoldEdit(DeSteinEdit):
     @property
     def alpha(self) -> float:
         return self._alpha
+
+    def export_config(self) -> dict[str, Any]:
+        """Nothing when every folded projection had a bias; else the config flag that gives the attention
+        projections biases (``attention_bias``: Llama, Qwen3, Gemma 2/3, OLMo 2, Granite); the other q/k/v
+        biases that flag adds are written as zeros. Refused where the architecture has no such flag."""
+        if all(fold.had_bias for fold in self.folds):
+            return {}
+        config = self.model.config
+        if hasattr(config, "attention_bias"):
+            return {"attention_bias": True}
+        raise EditError(
+            f"a {config.model_type} checkpoint cannot hold this DeStein fold: the attention output projection has "
+            f"no bias and the {type(config).__name__} has no flag (such as attention_bias) that adds one; serve the "
+            f"edit with detox (load_edit(DIR).apply(model)), or use a family with attention_bias (Llama, Qwen3, "
+            f"Gemma 2/3, OLMo 2, Granite) or one whose projection has a bias (GPT-2, OPT, GPT-NeoX)")
 
     def footprint(self) -> Footprint:
         """The folded biases are written; they were computed from each o_proj's weight (W_o·δ)."""

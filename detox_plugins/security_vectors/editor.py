@@ -49,6 +49,8 @@ logger = logging.getLogger(__name__)
 SV_PAYLOAD = "security_vector"
 ADAPTER_PAYLOAD = "peft_adapter"
 ADAPTER_DIR = "adapter"
+VECTOR_NOT_EXPORTED = ("a security vector is used only while fine-tuning and is removed at inference; export the "
+                       "fine-tune (`detox finetune ... --out DIR`, then `detox export DIR`), not the vector")
 
 VectorSource = Union["SecurityVector", "SecurityVectorEdit", SavedEdit, str, "os.PathLike[str]"]
 DatasetSource = Union[str, "os.PathLike[str]", Iterable[Any]]
@@ -78,6 +80,15 @@ class _LoraEdit(Edit):
     def _revert(self) -> None:
         adapters.detach(self.model, self.adapter)
 
+    def write_peft(self, directory: Path) -> list[str]:
+        base = (self.metadata.get("model") or {}).get("name_or_path")
+        return adapters.write_peft_folder(directory, self.config, self._tensors, base_model=base)
+
+    def export_config(self) -> dict[str, Any]:
+        raise EditError(f"the {self.adapter!r} LoRA is an adapter, not weights: export it with --format peft "
+                        f"(PeftModel.from_pretrained and serving engines' LoRA loaders read it), or fine-tune "
+                        f"with export: merged for a merged checkpoint")
+
     def footprint(self) -> Footprint:
         """What registry.compose checks for conflicts: the modules this adapter wraps."""
         wrapped = [adapters.base_name(name) for name, layer in adapters.tuner_layers(self.model)
@@ -102,6 +113,12 @@ class SecurityVectorEdit(_LoraEdit):
     """Stage 1's result: the vector, attached **inactive** (outputs unchanged); saves as a peft adapter."""
 
     payload = SV_PAYLOAD
+
+    def write_peft(self, directory: Path) -> list[str]:
+        raise EditError(VECTOR_NOT_EXPORTED)
+
+    def export_config(self) -> dict[str, Any]:
+        raise EditError(VECTOR_NOT_EXPORTED)
 
     def summary(self) -> list[str]:
         """Rows, steps and the harmful loss without/with the vector, for ``detox edit``."""
