@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from registry.writer import write_file
+
 SITES = {"head_input": {"fusion": "additive", "apply": "bias_fold"},
          "attn_output": {"fusion": "rotate", "apply": "hook"}}
 
@@ -111,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['perfect_heads']}/{r['num_heads']} | {len(good)}/{len(r['layer_mean_acc'])} | {r['build_seconds']:.1f} |")
     json_path = Path(args.json)
     json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps(result, indent=1))
+    write_file(json_path, json.dumps(result, indent=1), overwrite=True)
     png = Path(args.png) if args.png else json_path.with_suffix(".png")
     heatmap(result, png)
     print(f"wrote {json_path} and {png}")

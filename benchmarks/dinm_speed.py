@@ -23,6 +23,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from registry.writer import write_file
+
 CONFIGS: dict[str, dict[str, Any]] = {
     # name: hparams overrides on top of --hparams
     "improved": {"mode": "improved"},
@@ -117,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     for label, value in ratios.items():
         print(f"\n{label}: {value:.2f}x", end="")
     print()
-    Path(args.json).write_text(json.dumps(results, indent=2))
+    write_file(args.json, json.dumps(results, indent=2), overwrite=True)
     print(f"wrote {args.json}")
     return 0
 

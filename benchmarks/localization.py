@@ -25,6 +25,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from registry.writer import write_file
+
 METHODS = ("compat", "improved l2", "improved relative_l2")
 
 
@@ -134,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     json_path = Path(args.json)
     json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps(result, indent=1))
+    write_file(json_path, json.dumps(result, indent=1), overwrite=True)
     png = Path(args.png) if args.png else json_path.with_suffix(".png")
     heatmap(result, png)
     print(f"wrote {json_path} and {png}")

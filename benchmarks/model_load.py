@@ -14,6 +14,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from registry.writer import write_file
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -42,7 +44,7 @@ def main() -> None:
     print(f"\nfirst / cached = {result['ratio_first_over_cached']}×")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2))
+        write_file(args.json, json.dumps(result, indent=2), overwrite=True)
 
 
 if __name__ == "__main__":

@@ -32,6 +32,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from registry.writer import write_file
+
 STAGES = ("base", "sv", "ft", "ft-sv", "align", "aligned", "sv-aligned", "ft-aligned", "ft-sv-aligned",
           "mix", "mix-sv", "over-refusal")
 HPARAMS = "hparams/SecurityVectors/smollm2-135m.yaml"
@@ -74,7 +76,7 @@ class Protocol:
         return SecurityVectorEditor(self.hp.replace(**changes) if changes else self.hp)
 
     def save(self) -> None:
-        self.results_path.write_text(json.dumps(self.results, indent=2, sort_keys=True))
+        write_file(self.results_path, json.dumps(self.results, indent=2, sort_keys=True), overwrite=True)
 
     def generate(self, prompts: list[str], max_new_tokens: int) -> list[str]:
         from detox_plugins.evaluation.generate import generate

@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
+from registry.writer import write_file
+
 
 def _timer() -> Any:
     from transformers import TrainerCallback
@@ -113,7 +115,7 @@ def main() -> int:
     print(f"\nratio with/without: {ratio:.3f}x (target <= 1.15x)")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2))
+        write_file(args.json, json.dumps(result, indent=2), overwrite=True)
     return 0
 
 

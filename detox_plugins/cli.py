@@ -16,13 +16,12 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
-import yaml
-
 from registry.catalog import from_hparams, resolve_hparams_path, shipped_hparams
-from registry.commandline import add_model_arguments, check_new_output, load_model_from_args
+from registry.commandline import add_model_arguments, check_max_new_tokens_arg, check_new_output, load_model_from_args
 from registry.compose import ComposedEdit, StepFootprint, applied_footprints, describe_edit, raise_on_conflicts
 from registry.errors import DetoxError, HyperParamsError
 from registry.fingerprint import model_fingerprint
+from registry import safeyaml, writer
 from registry.hparams import HyperParams, deep_merge, peek_alg_name
 from registry.inputs import InputField
 from registry.pipeline import load_pipeline, run_pipeline
@@ -164,8 +163,10 @@ def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
         if not sep or not key.strip():
             raise HyperParamsError(f"--set takes KEY=VALUE (e.g. --set num_steps=5), got {pair!r}")
         try:
-            value = yaml.safe_load(raw) if raw.strip() else raw
-        except yaml.YAMLError:
+            value = safeyaml.load(raw, f"--set {key.strip()}") if raw.strip() else raw
+        except HyperParamsError as exc:
+            if "YAML aliases" in str(exc) or "expands to" in str(exc) or "recursive alias" in str(exc):
+                raise
             value = raw
         node = changes
         *parents, leaf = key.strip().split(".")
@@ -219,6 +220,7 @@ def cmd_edit(args: argparse.Namespace) -> int:
     values = chosen_inputs(args, editor_class)
     hparams = hparams_with_overrides(args.hparams, args.set)
     check_new_output(args.out, overwrite=args.overwrite)
+    check_new_output(args.json, overwrite=args.overwrite, kind="file", what="--json")
     editor = editor_class(hparams)
     inputs = editor.read_inputs(values)  # files are read now: a bad one fails before the model loads
     model, tokenizer, applied = load_model_from_args(args, default=hparams)
@@ -228,6 +230,7 @@ def cmd_edit(args: argparse.Namespace) -> int:
         context = [StepFootprint(f"--edit {s.label}", s.footprint) for s in applied_footprints(applied)]
         raise_on_conflicts(context + [StepFootprint(label, editor.planned_footprint(model, inputs))])
     started = time.perf_counter()
+    print(f"editing with {editor_class.name} ...", flush=True)
     edit = editor.edit(model, tokenizer, inputs)
     seconds = time.perf_counter() - started
     try:
@@ -251,7 +254,7 @@ def cmd_edit(args: argparse.Namespace) -> int:
             print("not saved: pass --out DIR to keep the edit")
     finally:
         edit.revert()
-    _write_json(args.json, summary)
+    _write_json(args.json, summary, overwrite=args.overwrite)
     return 0
 
 
@@ -277,10 +280,10 @@ def _print_steps(rows: Sequence[dict[str, Any]], labels: Sequence[str] = (), sec
         print(f"     changes {_changes(row['footprint'])}")
 
 
-def _write_json(path: Optional[str], data: dict[str, Any]) -> None:
+def _write_json(path: Optional[str], data: dict[str, Any], *, overwrite: bool = False) -> None:
     if path:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(json.dumps(data, indent=2, sort_keys=True, default=str), encoding="utf-8")
+        writer.write_file(path, json.dumps(data, indent=2, sort_keys=True, default=str), overwrite=overwrite,
+                          what="--json")
         print(f"wrote {path}")
 
 
@@ -297,6 +300,7 @@ def cmd_edit_pipeline(args: argparse.Namespace) -> int:
     pipeline = load_pipeline(args.pipeline)  # every step's hparams and inputs are validated here
     out = args.out
     check_new_output(out, overwrite=args.overwrite)
+    check_new_output(args.json, overwrite=args.overwrite, kind="file", what="--json")
     model, tokenizer, applied = load_model_from_args(args, default=pipeline.model_spec())
     before = model_fingerprint(model)
     print(f"pipeline {pipeline.name} ({len(pipeline.steps)} steps) from {pipeline.source}")
@@ -312,7 +316,7 @@ def cmd_edit_pipeline(args: argparse.Namespace) -> int:
     else:
         print("not saved: pass --out DIR to keep the composed edit")
     composed.revert()
-    _write_json(args.json, summary)
+    _write_json(args.json, summary, overwrite=args.overwrite)
     return 0
 
 
@@ -321,6 +325,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
     saved = load_edit(args.directory)
     out = args.out
     check_new_output(out, overwrite=args.overwrite)
+    check_new_output(args.json, overwrite=args.overwrite, kind="file", what="--json")
     model, tokenizer, _ = load_model_from_args(args, default=_saved_model_name(saved))
     before = model_fingerprint(model)
     edit = saved.apply(model, tokenizer, force=args.force)
@@ -334,7 +339,8 @@ def cmd_apply(args: argparse.Namespace) -> int:
         path = edit.save(out, overwrite=args.overwrite)
         print(f"re-saved the applied edit to {path}")
     _write_json(args.json, {"edit": str(saved.path), "editor": saved.editor, "steps": rows,
-                            "fingerprint_before": before, "fingerprint_after": after, "out": out})
+                            "fingerprint_before": before, "fingerprint_after": after, "out": out},
+                overwrite=args.overwrite)
     edit.revert()
     return 0
 
@@ -439,7 +445,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override one hparams field (repeatable; nested: pairs.num_pairs=10)")
     p.add_argument("--out", help="save the edit to this folder")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder and --json file")
     p.add_argument("--json", help="write a summary as JSON to this file")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     add_editor_input_arguments(p)
@@ -449,7 +455,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("directory", metavar="DIR", help="a folder written by `detox edit --out` or Edit.save")
     add_model_arguments(p)
     p.add_argument("--out", metavar="DIR2", help="save the applied edit again to this folder")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder and --json file")
     p.add_argument("--json", help="write the report as JSON to this file")
 
     p = _add(sub, "export", "Write a saved edit as a standard checkpoint that loads without detox-plugins: a merged "
@@ -493,6 +499,19 @@ def configure_logging(verbosity: int) -> None:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
 
+def quiet_library_bars(verbosity: int) -> None:
+    """transformers' own "Loading weights" bar and its info logs only with ``-v`` (the CLI's choice; the
+    library keeps its defaults). Set through transformers' environment switches, read when it imports."""
+    if verbosity == 0:
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        if "transformers" in sys.modules:
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()
+            hf_logging.set_verbosity_error()
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         parser = build_parser()  # loads the plugins: in strict mode a broken one raises here
@@ -504,6 +523,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if getattr(args, "quiet", False):
         os.environ["TQDM_DISABLE"] = "1"  # every progress bar, whichever editor draws it
     try:
+        quiet_library_bars(args.verbose)
+        check_max_new_tokens_arg(args)  # the one rule for every command with --max-new-tokens
         return int(args.func(args) or 0)
     except DetoxError as exc:
         if args.debug:
@@ -517,9 +538,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.debug:
             raise
         message = " ".join(str(exc).split())
-        print(f"detox: unexpected error: {type(exc).__name__}: {message} (rerun with --debug for the traceback)",
-              file=sys.stderr)
+        print(f"detox: unexpected error: {type(exc).__name__}: {message[:300]} (rerun with --debug for the "
+              f"traceback)", file=sys.stderr)
         return EXIT_UNEXPECTED
+    finally:
+        writer.release_all()  # the --out locks this command took; parent folders it made and left empty go
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -13,12 +13,11 @@ from __future__ import annotations
 import copy
 import logging
 import os
-import shutil
-import uuid
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Mapping, Optional
 
 from .errors import EditError
+from .writer import write_folder
 
 logger = logging.getLogger(__name__)
 
@@ -59,32 +58,6 @@ def merged_state(model: Any, config: Any) -> dict[str, Any]:
     return state
 
 
-def write_folder(out: str | os.PathLike[str], fill: Callable[[Path], None], *, overwrite: bool = False) -> Path:
-    """Fill a hidden sibling folder with ``fill(folder)``, then rename it to ``out`` (atomic: a failure
-    or an interrupt leaves ``out`` as it was)."""
-    target = Path(out)
-    if target.exists() and not target.is_dir():
-        raise EditError(f"{target} is a file, not a folder; choose another --out")
-    if target.exists() and not overwrite:
-        raise EditError(f"{target} already exists; choose a new folder or pass --overwrite")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
-    staging.mkdir()
-    try:
-        fill(staging)
-        if target.exists():
-            trash = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(target, trash)
-            os.replace(staging, target)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return target
-
-
 def write_merged(model: Any, tokenizer: Any, out: str | os.PathLike[str], *,
                  config_updates: Optional[Mapping[str, Any]] = None, card: str = "", overwrite: bool = False) -> Path:
     """Write the edited ``model`` as a Hugging Face folder (see the module doc)."""
@@ -104,7 +77,7 @@ def write_merged(model: Any, tokenizer: Any, out: str | os.PathLike[str], *,
             tokenizer.save_pretrained(folder)
         (folder / CARD_NAME).write_text(card, encoding="utf-8")
 
-    target = write_folder(out, fill, overwrite=overwrite)
+    target = write_folder(out, fill, overwrite=overwrite, what="export folder")
     logger.info("exported a merged checkpoint to %s", target)
     return target
 

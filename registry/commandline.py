@@ -16,7 +16,8 @@ from typing import Any, Optional, Union
 
 from .catalog import from_hparams
 from .edits import Edit
-from .errors import DetoxError
+from .limits import check_max_new_tokens
+from .writer import Kind, reserve
 from .hparams import HyperParams
 from .models import DTYPES, load_model
 from .saved import load_edit
@@ -70,7 +71,17 @@ def load_model_from_args(args: argparse.Namespace, default: Union[HyperParams, s
     return model, tokenizer, applied
 
 
-def check_new_output(out: Optional[Union[str, Path]], *, overwrite: bool) -> None:
-    """Refuse an existing ``--out`` before any work starts (unless ``--overwrite``)."""
-    if out and Path(out).exists() and not overwrite:
-        raise DetoxError(f"{out} already exists; choose a new folder or pass --overwrite")
+def check_new_output(out: Optional[Union[str, Path]], *, overwrite: bool, kind: Kind = "folder",
+                     what: str = "--out") -> None:
+    """Before any work starts: refuse an existing ``--out`` (unless ``--overwrite``), a folder in place of a
+    file, an unwritable parent; then lock it for this process (``registry.writer.reserve``), so a second
+    ``detox`` writing the same path fails at once. ``None`` (no output asked for) checks nothing."""
+    if out is not None:
+        reserve(out, overwrite=overwrite, kind=kind, what=what)
+
+
+def check_max_new_tokens_arg(args: argparse.Namespace) -> None:
+    """``--max-new-tokens`` (where a command has it) is from 1 to ``limits.MAX_NEW_TOKENS``."""
+    value = getattr(args, "max_new_tokens", None)
+    if value is not None:
+        check_max_new_tokens(value, what="--max-new-tokens")

@@ -9,14 +9,14 @@ import datetime as _dt
 import json
 import logging
 import os
-import shutil
-import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Optional, Protocol
 
-from .checkpoint import CARD_NAME, model_card, write_folder, write_merged
+from .checkpoint import CARD_NAME, model_card, write_merged
 from .errors import EditError
 from .footprint import Footprint
+from .integrity import folder_digests, json_digest
+from .writer import write_folder
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -26,7 +26,10 @@ logger = logging.getLogger(__name__)
 MANIFEST_NAME = "manifest.json"
 TENSORS_NAME = "tensors.safetensors"
 FORMAT_NAME = "detox-edit"
-FORMAT_VERSION = 1
+#: 2: the manifest records the digest of every file and of itself (1: no digests; refused unless
+#: ``DETOX_ALLOW_UNVERIFIED=1``, see ``registry.saved``).
+FORMAT_VERSION = 2
+MANIFEST_DIGEST = "manifest_digest"
 PARAMETER_DELTA = "parameter_delta"
 
 
@@ -140,16 +143,14 @@ class Edit(abc.ABC):
         }
 
     def save(self, directory: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
-        """Write ``manifest.json`` + ``tensors.safetensors`` atomically into ``directory``."""
+        """Write ``manifest.json`` + ``tensors.safetensors`` atomically into ``directory`` (through
+        ``registry.writer``: an existing folder only with ``overwrite``, never in place of a file).
+
+        The manifest records the SHA-256 digest of every file of the save (``digests``) and of its
+        own canonical JSON (``manifest_digest``); ``load_edit`` refuses a folder that does not match."""
         from safetensors.torch import save_file
 
-        target = Path(directory)
-        if target.exists() and not overwrite:
-            raise EditError(f"{target} already exists; choose a new folder or pass overwrite=True")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staging = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
-        staging.mkdir()
-        try:
+        def fill(staging: Path) -> None:
             tensors = {k: v.detach().to("cpu").contiguous() for k, v in self.tensors().items()}
             manifest = self.manifest()
             manifest["tensors"] = sorted(tensors)
@@ -160,18 +161,13 @@ class Edit(abc.ABC):
             save_file(tensors, str(staging / TENSORS_NAME), metadata={
                 "format": FORMAT_NAME, "editor": self.editor, "payload": self.payload,
             })
+            manifest["digests"] = folder_digests(staging, skip=(MANIFEST_NAME,))
+            manifest = _jsonable(manifest)
+            manifest[MANIFEST_DIGEST] = json_digest(manifest, without=MANIFEST_DIGEST)
             # The manifest is written last: a folder without it never loads.
-            (staging / MANIFEST_NAME).write_text(json.dumps(_jsonable(manifest), indent=2, sort_keys=True))
-            if target.exists():
-                trash = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
-                os.replace(target, trash)
-                os.replace(staging, target)
-                shutil.rmtree(trash, ignore_errors=True)
-            else:
-                os.replace(staging, target)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
+            (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=True), encoding="utf-8")
+
+        target = write_folder(directory, fill, overwrite=overwrite, what="edit folder")
         logger.info("saved %s edit to %s", self.editor, target)
         return target
 

@@ -18,7 +18,9 @@ from typing import Any, ClassVar, Literal, Mapping, Optional, Sequence, TypeVar,
 
 import yaml
 
-from .errors import HyperParamsError
+from . import safeyaml
+from .errors import HyperParamsError, shown, type_name
+from .limits import read_text
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +73,7 @@ class HyperParams:
     def __post_init__(self) -> None:
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise HyperParamsError(
-                f"dtype must be float32, bfloat16 or float16, got {self.dtype!r}; fix 'dtype'"
+                f"dtype must be float32, bfloat16 or float16, got {shown(self.dtype)}; fix 'dtype'"
             )
 
     # ------------------------------------------------------------------ loading
@@ -95,7 +97,7 @@ class HyperParams:
         values: dict[str, Any] = {}
         for raw_key, raw_value in config.items():
             if not isinstance(raw_key, str):
-                raise HyperParamsError(f"{source}: keys must be strings, got {raw_key!r}")
+                raise HyperParamsError(f"{source}: keys must be strings, got {type_name(raw_key)} {shown(raw_key)}")
             key = cls.key_aliases.get(raw_key, raw_key)
             if key in cls.ignored_keys:
                 logger.debug("%s: ignoring EasyEdit key %r (unused by %s)", source, key, cls.__name__)
@@ -175,7 +177,7 @@ def _plain(value: Any) -> Any:
 def _unknown_key_message(cls: type, key: str, fields: Mapping[str, Any], source: str) -> str:
     close = difflib.get_close_matches(key, list(fields), n=1, cutoff=0.5)
     hint = f"did you mean {close[0]!r}?" if close else f"valid fields: {', '.join(sorted(fields))}"
-    return f"{source}: unknown key {key!r} for {cls.__name__}; {hint} Remove or rename it."
+    return f"{source}: unknown key {shown(key)} for {cls.__name__}; {hint} Remove or rename it."
 
 
 # ---------------------------------------------------------------------- coercion
@@ -206,41 +208,42 @@ def coerce_value(value: Any, tp: Any, where: str) -> Any:
             except HyperParamsError as exc:
                 errors.append(str(exc))
         raise HyperParamsError(
-            f"{where}: {value!r} is not a valid {_type_name(tp)}; use one of {', '.join(_type_name(a) for a in non_none)}"
+            f"{where}: {type_name(value)} {shown(value)} is not a valid {_type_name(tp)}; use one of "
+            f"{', '.join(_type_name(a) for a in non_none)}"
         )
     if origin is Literal:
         for allowed in args:
             if value == allowed or (isinstance(value, str) and isinstance(allowed, str) and value.lower() == allowed.lower()):
                 return allowed
         raise HyperParamsError(
-            f"{where}: {value!r} is not allowed; choose one of {', '.join(repr(a) for a in args)}"
+            f"{where}: {shown(value)} is not allowed; choose one of {', '.join(repr(a) for a in args)}"
         )
     if origin in (list, typing.List, tuple):
         if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
-            raise HyperParamsError(f"{where}: expected a list, got {value!r}")
+            raise HyperParamsError(f"{where}: expected a list, got {type_name(value)} {shown(value)}")
         item_type = args[0] if args else Any
         items = [coerce_value(v, item_type, f"{where}[{i}]") for i, v in enumerate(value)]
         return tuple(items) if origin is tuple else items
     if origin in (dict, typing.Dict):
         if not isinstance(value, Mapping):
-            raise HyperParamsError(f"{where}: expected a mapping, got {value!r}")
+            raise HyperParamsError(f"{where}: expected a mapping, got {type_name(value)} {shown(value)}")
         key_t, val_t = args if args else (Any, Any)
         return {coerce_value(k, key_t, where): coerce_value(v, val_t, f"{where}.{k}") for k, v in value.items()}
     if dataclasses.is_dataclass(tp) and isinstance(tp, type):
         if isinstance(value, tp):
             return value
         if not isinstance(value, Mapping):
-            raise HyperParamsError(f"{where}: expected a mapping for {tp.__name__}, got {value!r}")
+            raise HyperParamsError(f"{where}: expected a mapping for {tp.__name__}, got {type_name(value)} {shown(value)}")
         return _coerce_nested(tp, value, where)
     if tp is bool:
         if isinstance(value, bool):
             return value
         if isinstance(value, str) and value.strip().lower() in ("true", "yes", "on", "false", "no", "off"):
             return value.strip().lower() in ("true", "yes", "on")
-        raise HyperParamsError(f"{where}: expected true or false, got {value!r}")
+        raise HyperParamsError(f"{where}: expected true or false, got {type_name(value)} {shown(value)}")
     if tp is int:
         if isinstance(value, bool):
-            raise HyperParamsError(f"{where}: expected an integer, got {value!r}")
+            raise HyperParamsError(f"{where}: expected an integer, got {type_name(value)} {shown(value)}")
         if isinstance(value, int):
             return value
         if isinstance(value, float) and value.is_integer():
@@ -250,10 +253,10 @@ def coerce_value(value: Any, tp: Any, where: str) -> Any:
                 return int(value.strip())
             except ValueError:
                 pass
-        raise HyperParamsError(f"{where}: expected an integer, got {value!r}")
+        raise HyperParamsError(f"{where}: expected an integer, got {type_name(value)} {shown(value)}")
     if tp is float:
         if isinstance(value, bool):
-            raise HyperParamsError(f"{where}: expected a number, got {value!r}")
+            raise HyperParamsError(f"{where}: expected a number, got {type_name(value)} {shown(value)}")
         if isinstance(value, (int, float)):
             return float(value)
         if isinstance(value, str):
@@ -261,15 +264,15 @@ def coerce_value(value: Any, tp: Any, where: str) -> Any:
                 return float(value.strip())  # YAML 1.1 reads 5e-4 as a string
             except ValueError:
                 pass
-        raise HyperParamsError(f"{where}: expected a number, got {value!r}")
+        raise HyperParamsError(f"{where}: expected a number, got {type_name(value)} {shown(value)}")
     if tp is str:
         if isinstance(value, str):
             return value
-        raise HyperParamsError(f"{where}: expected a string, got {value!r}; quote it in YAML")
+        raise HyperParamsError(f"{where}: expected a string, got {type_name(value)} {shown(value)}; quote it in YAML")
     if isinstance(tp, type):
         if isinstance(value, tp):
             return value
-        raise HyperParamsError(f"{where}: expected {tp.__name__}, got {value!r}")
+        raise HyperParamsError(f"{where}: expected {tp.__name__}, got {type_name(value)} {shown(value)}")
     return value
 
 
@@ -292,23 +295,43 @@ def read_hparams_file(path: str | Path) -> dict[str, Any]:
     """Read a YAML or JSON file safely into a dict (never executes tags)."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_text(path, kind="config", what="hyperparameter file")
     except FileNotFoundError:
         raise HyperParamsError(f"hyperparameter file {path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise HyperParamsError(f"cannot read hyperparameter file {path}: {exc}") from None
-    try:
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    # Untrusted text: PyYAML's safe constructors can also raise ValueError (a date 2001-13-01, an int
-    # past Python's digit limit), AttributeError (!!timestamp x) or RecursionError (deep nesting).
-    except (yaml.YAMLError, ValueError, TypeError, AttributeError, RecursionError) as exc:
-        first = str(exc).strip().splitlines()
-        raise HyperParamsError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {' '.join(first)}") from None
+    except IsADirectoryError:
+        raise HyperParamsError(f"hyperparameter file {path} is a folder; pass a .yaml or .json file") from None
+    except UnicodeDecodeError:
+        raise HyperParamsError(f"cannot read hyperparameter file {path}: it is not UTF-8 text") from None
+    except OSError as exc:
+        raise HyperParamsError(f"cannot read hyperparameter file {path}: {exc.strerror or exc}") from None
+    if path.suffix == ".json":
+        data = load_json_strict(text, str(path))
+    else:
+        data = safeyaml.load(text, str(path))
     if data is None:
         raise HyperParamsError(f"{path}: the file is empty; it needs at least 'alg_name'")
     if not isinstance(data, dict):
         raise HyperParamsError(f"{path}: expected a mapping of key: value lines, got {type(data).__name__}")
     return data
+
+
+def load_json_strict(text: str, source: str) -> Any:
+    """``json.loads`` that refuses a key given twice in one object; errors are one ``HyperParamsError`` line."""
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        result: dict[str, Any] = {}
+        for key, value in items:
+            if key in result:
+                raise HyperParamsError(f"{source}: duplicate key {shown(key, 60)} in one JSON object; keep one of them")
+            result[key] = value
+        return result
+
+    try:
+        return json.loads(text, object_pairs_hook=pairs)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, the int digit limit, deep nesting
+        if isinstance(exc, HyperParamsError):
+            raise
+        message = " ".join(str(exc).split())
+        raise HyperParamsError(f"{source}: not valid JSON: {message[:120]}") from None
 
 
 def _with_suffixes(path: Path) -> list[Path]:
@@ -360,7 +383,7 @@ def resolve_hparams_path(path_or_name: str | Path, shipped: Optional[Mapping[str
     hint = f" Did you mean {close[0]!r}?" if close else ""
     listing = ", ".join(sorted(shipped)) or "none installed"
     raise HyperParamsError(
-        f"no hyperparameter file {raw!r}: not a file, and not a shipped name ({listing}).{hint}"
+        f"no hyperparameter file {shown(raw)}: not a file, and not a shipped name ({listing}).{hint}"
     )
 
 

@@ -8,6 +8,7 @@ Nothing here ever reaches a model hub.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -16,8 +17,11 @@ import uuid
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from .errors import ModelLoadError
+from .errors import DetoxError, ModelLoadError
 from .hparams import HyperParams
+from .integrity import file_digest, folder_digests
+from .limits import read_text
+from .writer import ensure_folder
 
 logger = logging.getLogger(__name__)
 
@@ -60,10 +64,96 @@ def embedded_model_dir() -> Path:
     """The converted Hugging Face folder of the embedded model, converting it on first use."""
     gguf, version = embedded_gguf_path()
     target = cache_dir() / "models" / f"{EMBEDDED_MODEL}-{version}"
-    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
+    if usable_cache(target):
         return target
+    ensure_folder(cache_dir(), what=f"the model cache ({CACHE_ENV})", env=CACHE_ENV)
     convert_gguf(gguf, target)
     return target
+
+
+# ---------------------------------------------------------------------- the cache's own check
+CACHE_MANIFEST = "detox-cache.json"
+
+
+def usable_cache(target: Path) -> bool:
+    """True when ``target`` holds a complete converted model that matches its recorded sizes and digests.
+
+    A damaged folder (truncated or changed files) is moved aside and removed, so the caller converts
+    again; when that is impossible (a read-only cache) the error names the folder to delete."""
+    if not os.path.lexists(target):
+        return False
+    problem = cache_problem(target)
+    if problem is None:
+        return True
+    logger.warning("the cached model %s is damaged (%s); converting it again", target, problem)
+    trash = target.parent / f".{target.name}.damaged-{uuid.uuid4().hex[:8]}"
+    try:
+        os.rename(target, trash)
+    except OSError as exc:
+        raise ModelLoadError(
+            f"the cached model {target} is damaged ({problem}) and cannot be removed ({exc.strerror or exc}); "
+            f"delete that folder, or set {CACHE_ENV} to a writable folder") from None
+    shutil.rmtree(trash, ignore_errors=True)
+    return False
+
+
+def cache_problem(folder: Path) -> Optional[str]:
+    """What is wrong with a converted model folder, or None. Sizes always; a file's digest when its
+    modification time differs from the one recorded; every safetensors file's header against its size."""
+    if not folder.is_dir():
+        return "it is not a folder"
+    for name in ("config.json", "model.safetensors"):
+        if not (folder / name).is_file():
+            return f"{name} is missing"
+    record_path = folder / CACHE_MANIFEST
+    if record_path.is_file():
+        try:
+            record = json.loads(read_text(record_path, kind="config", what="cache manifest"))
+            files = record["files"]
+            assert isinstance(files, dict)
+        except (OSError, ValueError, KeyError, TypeError, AssertionError, DetoxError):
+            return f"{CACHE_MANIFEST} is unreadable"
+        for name, info in sorted(files.items()):
+            path = folder / name
+            try:
+                stat = path.stat()
+            except OSError:
+                return f"{name} is missing"
+            if stat.st_size != info.get("size"):
+                return f"{name} has {stat.st_size} bytes, {info.get('size')} were written"
+            if stat.st_mtime_ns != info.get("mtime_ns") and file_digest(path) != info.get("sha256"):
+                return f"{name} changed after it was written"
+    for item in sorted(folder.glob("*.safetensors")):
+        problem = _safetensors_problem(item)
+        if problem:
+            return problem
+    return None
+
+
+def _safetensors_problem(path: Path) -> Optional[str]:
+    """A safetensors file's header against its size (truncation is seen without reading the tensors)."""
+    try:
+        with path.open("rb") as handle:
+            length = int.from_bytes(handle.read(8), "little")
+            if length <= 0 or length > 100 * 1024 * 1024:
+                return f"{path.name} has no valid header"
+            header = json.loads(handle.read(length))
+        end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        return f"{path.name} has no valid header"
+    size = path.stat().st_size
+    if size != 8 + length + end:
+        return f"{path.name} has {size} bytes, its header needs {8 + length + end}"
+    return None
+
+
+def write_cache_manifest(folder: Path) -> None:
+    """Record size, modification time and digest of every file of a converted model folder."""
+    files = {}
+    for name, digest in folder_digests(folder, skip=(CACHE_MANIFEST,)).items():
+        stat = (folder / name).stat()
+        files[name] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest}
+    (folder / CACHE_MANIFEST).write_text(json.dumps({"files": files}, indent=1, sort_keys=True), encoding="utf-8")
 
 
 def convert_gguf(gguf: Path, target: Path) -> Path:
@@ -86,6 +176,7 @@ def convert_gguf(gguf: Path, target: Path) -> Path:
         model.config._name_or_path = EMBEDDED_MODEL
         model.save_pretrained(str(staging))
         tokenizer.save_pretrained(str(staging))
+        write_cache_manifest(staging)
         try:
             os.replace(staging, target)
         except OSError:
@@ -128,6 +219,7 @@ def load_model(
     ``AutoTokenizer`` (never a hard-coded Llama tokenizer) and always has a pad token.
     """
     import torch
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if isinstance(spec, HyperParams):
@@ -170,7 +262,7 @@ def load_model(
         tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=local_only,
                                                   trust_remote_code=bool(trust_remote_code))
         model = AutoModelForCausalLM.from_pretrained(str(folder), **kwargs)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, SafetensorError) as exc:
         raise ModelLoadError(
             f"could not load model {name or EMBEDDED_MODEL!r} from {folder}: {' '.join(str(exc).split())[:300]}; "
             f"pass a local model folder (set {ALLOW_DOWNLOAD_ENV}=1 to allow hub downloads)"

@@ -7,7 +7,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional, Union
 
-from .errors import EditError
+from .errors import EditError, InputLimitError, shown, type_name
+from .limits import read_text
 
 #: EasyEdit's key for the knowledge-constraint locality input (SafetyEditor).
 EASYEDIT_LOCALITY_KEY = "general knowledge constraint"
@@ -27,11 +28,18 @@ class EditRequest:
     category: Optional[str] = None
 
     def validate(self, *, need_ground_truth: bool = False, need_locality: bool = False) -> "EditRequest":
-        where = f"request {self.case_id!r}" if self.case_id is not None else "request"
+        where = f"request {shown(self.case_id, 40)}" if self.case_id is not None else "request"
         for name in ("prompt", "target_new"):
             value = getattr(self, name)
-            if not isinstance(value, str) or not value.strip():
+            if not isinstance(value, str):
+                raise EditError(f"{where}: '{name}' must be a string, got {type_name(value)} {shown(value, 40)}; "
+                                f"give the {_FIELD_WORDS[name]} as text")
+            if not value.strip():
                 raise EditError(f"{where}: '{name}' is empty; give the {_FIELD_WORDS[name]}")
+        for name in ("ground_truth", "locality_prompt", "locality_answer", "category"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                raise EditError(f"{where}: '{name}' must be a string, got {type_name(value)} {shown(value, 40)}")
         if need_ground_truth and (not isinstance(self.ground_truth, str) or not self.ground_truth.strip()):
             raise EditError(
                 f"{where}: 'ground_truth' (the unsafe response) is empty; it is needed to locate the "
@@ -65,14 +73,15 @@ class EditRequest:
         if "locality_ground_truth" in data and "locality_answer" not in data:  # EasyEdit's SafetyDataset
             data["locality_answer"] = data.pop("locality_ground_truth")
         known = set(cls.__dataclass_fields__)
-        unknown = sorted(k for k in data if k not in known)
+        unknown = [k for k in data if k not in known]
         # EasyEdit passes a few keys DINM never reads; keep them out of the way, reject real typos.
         tolerated = {"subject", "portability", "loc_prompt", "rephrase_prompt", "time", "requested_rewrite",
                      "question", "cond"}
         bad = [k for k in unknown if k not in tolerated]
         if bad:
             raise EditError(
-                f"unknown request key(s) {', '.join(bad)}; known keys: {', '.join(sorted(known))}"
+                f"unknown request key(s) {', '.join(shown(k, 40) for k in bad[:5])}; known keys: "
+                f"{', '.join(sorted(known))}"
             )
         kwargs = {k: v for k, v in data.items() if k in known}
         for name in ("prompt", "target_new", "ground_truth"):
@@ -143,12 +152,14 @@ def read_requests(value: Any, *, what: str = "requests") -> list[EditRequest]:
             raise EditError(f"{what}: {path} is not a file; pass a JSON list or JSONL file of request dicts "
                             f"(prompt, target_new, ...)")
         try:
-            text = path.read_text(encoding="utf-8")
+            text = read_text(path, kind="data", what=f"{what} file")
             stripped = text.lstrip()
             if stripped.startswith("["):
                 value = json.loads(text)
             else:
                 value = [json.loads(line) for line in text.splitlines() if line.strip()]
+        except InputLimitError:
+            raise
         except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
             raise EditError(f"{what}: {path} is not valid JSON/JSONL: {' '.join(str(exc).split())[:200]}") from None
     if isinstance(value, (EditRequest, Mapping)):

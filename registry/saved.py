@@ -4,20 +4,25 @@ through the editor that made it (found in the plugin registry)."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Optional
 
 from .compose import COMPOSED, ComposedEdit
-from .edits import FORMAT_NAME, FORMAT_VERSION, MANIFEST_NAME, TENSORS_NAME, Edit
-from .errors import EditorNotFoundError, ManifestError
+from .edits import FORMAT_NAME, FORMAT_VERSION, MANIFEST_DIGEST, MANIFEST_NAME, TENSORS_NAME, Edit
+from .errors import EditorNotFoundError, ManifestError, shown, type_name
 from .fingerprint import model_fingerprint
 from .footprint import Footprint
+from .integrity import json_digest, mismatches
+from .limits import read_text
 from .plugins import get_registry
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -41,7 +46,8 @@ class SavedEdit:
         return (self.manifest.get("model") or {}).get("fingerprint")
 
     def metadata_for_apply(self) -> dict[str, Any]:
-        skip = {"format", "format_version", "payload", "created", "tensors", "tensor_shapes", "files", "footprint"}
+        skip = {"format", "format_version", "payload", "created", "tensors", "tensor_shapes", "files", "footprint",
+                "digests", MANIFEST_DIGEST}
         return {k: v for k, v in self.manifest.items() if k not in skip}
 
     def saved_footprint(self) -> Optional[Footprint]:
@@ -118,6 +124,49 @@ def _versions_compatible(saved: str, installed: str) -> bool:
 
 
 REQUIRED_MANIFEST_KEYS = ("format", "format_version", "editor", "payload", "tensors")
+#: Set to 1 to load saves without digests (format 1, written before digests were recorded), unverified.
+ALLOW_UNVERIFIED_ENV = "DETOX_ALLOW_UNVERIFIED"
+
+
+def _verify_digests(path: Path, manifest: Mapping[str, Any]) -> None:
+    """The manifest's digest of itself, then of every file it lists; refuse anything that differs.
+
+    A save without digests (format 1) is refused unless ``DETOX_ALLOW_UNVERIFIED=1`` (then loaded with a
+    warning); re-saving it (``detox apply OLD --out NEW`` with the variable set) records them."""
+    manifest_path = path / MANIFEST_NAME
+    digests = manifest.get("digests")
+    recorded = manifest.get(MANIFEST_DIGEST)
+    if digests is None and recorded is None:
+        if os.environ.get(ALLOW_UNVERIFIED_ENV, "") in ("1", "true", "yes"):
+            logger.warning("%s has no digests (saved by an older detox-plugins); loaded unverified", path)
+            return
+        raise ManifestError(
+            f"{path} was saved without digests (an older format), so it cannot be verified; re-save it with "
+            f"`{ALLOW_UNVERIFIED_ENV}=1 detox apply {path} --out NEW_DIR`, or set {ALLOW_UNVERIFIED_ENV}=1 to "
+            f"load it unverified")
+    if not isinstance(recorded, str) or not isinstance(digests, dict) or \
+            not all(isinstance(k, str) and isinstance(v, str) for k, v in digests.items()):
+        raise ManifestError(f"{manifest_path}: 'digests' and '{MANIFEST_DIGEST}' are missing or malformed; the "
+                            f"save is damaged, redo the edit")
+    if json_digest(manifest, without=MANIFEST_DIGEST) != recorded:
+        raise ManifestError(f"{manifest_path} was changed after the save (its digest does not match); restore "
+                            f"the original or redo the edit")
+    extra = manifest.get("files") or []
+    expected = {TENSORS_NAME, *(f for f in extra if isinstance(f, str))}
+    folders = {name.split("/", 1)[0] for name in digests if "/" in name}
+    unlisted = sorted(e for e in expected if e not in digests and e not in folders)
+    if unlisted:
+        raise ManifestError(f"{manifest_path}: no digest recorded for {', '.join(unlisted)}; the save is damaged, "
+                            f"redo the edit")
+    for name in digests:
+        if name.startswith("/") or ".." in name.split("/"):
+            raise ManifestError(f"{manifest_path}: digest entry {shown(name)} is not a path inside the folder")
+    wrong = mismatches(path, digests)
+    if wrong:
+        raise ManifestError(
+            f"{path}: {', '.join(wrong[:3])}{' (+%d more)' % (len(wrong) - 3) if len(wrong) > 3 else ''} "
+            f"{'does' if len(wrong) == 1 else 'do'} not match the digest recorded at save time (damaged, "
+            f"replaced or tampered with); redo the edit or restore the original files")
 
 
 def load_edit(directory: str | os.PathLike[str]) -> SavedEdit:
@@ -132,7 +181,9 @@ def load_edit(directory: str | os.PathLike[str]) -> SavedEdit:
     if not manifest_path.is_file():
         raise ManifestError(f"{path} has no {MANIFEST_NAME}; it is not a saved edit (or its save was interrupted)")
     try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        manifest = json.loads(read_text(manifest_path, kind="config", what="manifest"))
+    except OSError as exc:
+        raise ManifestError(f"cannot read {manifest_path}: {exc.strerror or exc}") from None
     except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, digit limit, deep nesting
         raise ManifestError(f"{manifest_path} is not valid JSON: {' '.join(str(exc).split())[:200]}") from None
     if not isinstance(manifest, dict):
@@ -149,7 +200,8 @@ def load_edit(directory: str | os.PathLike[str]) -> SavedEdit:
             f"upgrade detox-plugins"
         )
     if not isinstance(manifest["editor"], str) or not isinstance(manifest["payload"], str):
-        raise ManifestError(f"{manifest_path}: 'editor' and 'payload' must be strings")
+        raise ManifestError(f"{manifest_path}: 'editor' and 'payload' must be strings, got "
+                            f"{type_name(manifest['editor'])} and {type_name(manifest['payload'])}")
     if manifest.get("model") is not None and not isinstance(manifest["model"], dict):
         raise ManifestError(f"{manifest_path}: 'model' must be an object (fingerprint, name_or_path); the save is damaged")
     names = manifest["tensors"]
@@ -158,6 +210,7 @@ def load_edit(directory: str | os.PathLike[str]) -> SavedEdit:
     tensors_path = path / TENSORS_NAME
     if not tensors_path.is_file():
         raise ManifestError(f"{path} lacks {TENSORS_NAME}")
+    _verify_digests(path, manifest)
     try:
         tensors = load_file(str(tensors_path), device="cpu")
     except (SafetensorError, OSError, ValueError) as exc:

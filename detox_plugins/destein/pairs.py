@@ -31,6 +31,8 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 
+from registry.limits import read_text
+
 from detox_plugins.evaluation.errors import DatasetError
 
 logger = logging.getLogger(__name__)
@@ -107,7 +109,7 @@ def load_pairs(path: Union[str, Path, None] = None) -> list[SteeringPair]:
         raise DatasetError(f"pair file {str(file)!r} does not exist; pass a JSONL file of "
                            f"{{\"toxic\": ..., \"nontoxic\": ...}} lines")
     try:
-        text = file.read_text(encoding="utf-8")
+        text = read_text(file, kind="data", what="pair file")
     except (OSError, UnicodeDecodeError) as exc:
         raise DatasetError(f"cannot read pair file {file}: {exc}") from None
     pairs: list[SteeringPair] = []

@@ -16,6 +16,7 @@ from typing import Any
 
 from registry.command import Command
 from registry.commandline import check_new_output, hparams_from_args, load_model_from_args
+from registry.writer import write_file
 
 from .cases import DEFAULT_CASES, as_request, load_cases
 from .protocol import evaluation_prompts
@@ -45,7 +46,7 @@ def add_safeedit_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=int, help="at most this many cases")
     parser.add_argument("--max-new-tokens", type=int, help="tokens per answer (default from the hparams)")
     parser.add_argument("--out", help="save each case's edit (one folder per case when there are several)")
-    parser.add_argument("--overwrite", action="store_true", help="replace existing --out folders")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing --out folders and --json file")
     parser.add_argument("--json", help="write the scores and every answer as JSON to this file")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -59,6 +60,7 @@ def run_safeedit(args: argparse.Namespace) -> int:
     cases = load_cases(args.cases, case_id=args.case_id, limit=args.limit)
     out = args.out
     check_new_output(out, overwrite=args.overwrite)
+    check_new_output(args.json, overwrite=args.overwrite, kind="file", what="--json")
     model, tokenizer, _ = load_model_from_args(args, default=hparams)
     report = editor.safeedit_protocol(
         model, tokenizer, cases, max_new_tokens=args.max_new_tokens, progress=not args.quiet,
@@ -79,8 +81,8 @@ def run_safeedit(args: argparse.Namespace) -> int:
     print(f"edit time: {report.edit_seconds:.2f} s in total")
     json_path = args.json
     if json_path:
-        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(json_path).write_text(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
+        write_file(json_path, json.dumps(report.to_dict(), indent=2, ensure_ascii=False), overwrite=args.overwrite,
+                   what="--json")
         print(f"wrote {json_path}")
     return 0
 
@@ -101,11 +103,14 @@ def run_demo(args: argparse.Namespace) -> int:
     harmful = evaluation_prompts(request, hparams)["post"]["DS"]
     benign = with_suffix(DEMO_BENIGN_PROMPT, hparams.suffix_system_prompt, hparams.use_suffix)
     chat = hparams.use_chat_template if hparams.effective_eval_prompt == "consistent" else False
-    gen = dict(max_new_tokens=args.max_new_tokens, use_chat_template=chat, progress=False)
-    before = generate(model, tokenizer, [harmful, benign], **gen)
+    gen = dict(max_new_tokens=args.max_new_tokens, use_chat_template=chat, progress=True)
+    print("DINM demo: answering the harmful and the benign prompt before the edit ...", flush=True)
+    before = generate(model, tokenizer, [harmful, benign], desc="answers before", **gen)
+    print(f"editing with DINM on case {case.case_id} ...", flush=True)
     edit = editor.edit(model, tokenizer, [request])
     try:
-        after = generate(model, tokenizer, [harmful, benign], **gen)
+        print("answering again after the edit ...", flush=True)
+        after = generate(model, tokenizer, [harmful, benign], desc="answers after", **gen)
     finally:
         edit.revert()
     info = edit.metadata["cases"][0]

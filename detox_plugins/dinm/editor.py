@@ -116,7 +116,7 @@ class DINMEditor(Editor):
     easyedit_overrides = {"use_suffix": False}
 
     def __init__(self, hparams: Union[DINMHyperParams, Mapping[str, Any], str, None] = None, *,
-                 progress: bool = False) -> None:
+                 progress: bool = True) -> None:
         super().__init__(hparams)
         self.hparams: DINMHyperParams
         self.progress = progress
@@ -348,15 +348,27 @@ class DINMEditor(Editor):
         sticky: Optional[list[int]] = None
         fixed = plan.fixed_layers
         iterator: Iterable[CasePlan] = plan.cases
-        if self.progress and len(plan.cases) > 1:
+        bar = None
+        if self.progress:  # one bar over every step of every case: it moves per step, not per case
             from tqdm.auto import tqdm
 
-            iterator = tqdm(plan.cases, desc="DINM edits", unit="case")
+            bar = tqdm(total=settings.num_steps * len(plan.cases), desc="DINM steps", unit="step")
+
+        def on_step(step: int, loss: float) -> None:
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(case=str(current[0]), loss=f"{loss:.3g}", refresh=False)
+
+        current: list[Any] = [None]
         try:
             model.eval()
             for p in params.values():
                 p.requires_grad_(False)
-            for case in iterator:
+            for index, case in enumerate(iterator):
+                current[0] = case.request.case_id
+                if bar is not None:  # a case that stopped early: its remaining steps count as done
+                    bar.n = index * settings.num_steps
+                    bar.refresh()
                 record: dict[str, Any] = {"case_id": case.request.case_id}
                 block_inputs = None
                 if case.locate:
@@ -388,7 +400,7 @@ class DINMEditor(Editor):
                     if name not in originals:
                         originals[name] = params[name].detach().clone()
                 outcome = optimise_case(model, plan.stack, targets, settings, case.edit, case.locality,
-                                        block_inputs=block_inputs)
+                                        block_inputs=block_inputs, on_step=on_step)
                 block_inputs = found = None  # free the captured activations
                 with torch.no_grad():
                     for name, delta in outcome.deltas.items():
@@ -416,6 +428,8 @@ class DINMEditor(Editor):
                 else:
                     deltas = independent
         finally:
+            if bar is not None:
+                bar.close()
             with torch.no_grad():
                 for name, w0 in originals.items():
                     params[name].copy_(w0)

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
-
-import torch
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 from registry.errors import EditError
+
+if TYPE_CHECKING:  # pragma: no cover - torch loads when a sequence is built, not when the CLI starts
+    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -36,10 +37,12 @@ class ScoredSequence:
 
     @property
     def attention_mask(self) -> torch.Tensor:
+        import torch
         return torch.ones_like(self.input_ids)
 
     def response_mask(self) -> torch.Tensor:
         """[n] bool: the positions of the scored tokens themselves (``positions + 1``), unshifted."""
+        import torch
         mask = torch.zeros(self.length, dtype=torch.bool)
         scored = self.positions[self.weights > 0] + 1
         mask[scored[scored < self.length]] = True
@@ -63,6 +66,7 @@ def compat_edit_sequence(tokenizer: Any, prompt: str, target: str) -> ScoredSequ
     tokens (so BOS is label 0 on Llama/Mistral) and ids equal to the pad id masked; the logits are
     ``logits[:, :-1][:, -T:]``.
     """
+    import torch
     spaced = target if target == " " else " " + target
     text = f"{prompt} {spaced}"
     ids = _ids(tokenizer, text)
@@ -90,6 +94,7 @@ def compat_locality_sequence(tokenizer: Any, prompt: str, answer: str) -> Scored
 
     The window is the last ``T_c = len(tok(answer))`` positions (BOS counted); ``targets`` is unused.
     """
+    import torch
     text = f"{prompt} {answer}"
     ids = _ids(tokenizer, text)
     answer_mask = list(tokenizer(answer)["attention_mask"])
@@ -125,6 +130,7 @@ def in_context_sequence(tokenizer: Any, prompt: str, response: str, *, chat_temp
     Chat template: the rendered conversation minus the rendered generation prompt, which must be a
     token prefix; the label span then includes the end-of-turn tokens.
     """
+    import torch
     if chat_template:
         prompt_text = render_chat(tokenizer, prompt)
         full_text = render_chat(tokenizer, prompt, response)
@@ -183,6 +189,7 @@ def _truncate(prompt_ids: list[int], response_ids: list[int], max_length: Option
 
 def pad_right(sequences: Sequence[ScoredSequence], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-padded ``input_ids`` and ``attention_mask`` of several sequences."""
+    import torch
     width = max(s.length for s in sequences)
     ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(sequences), width), dtype=torch.long)

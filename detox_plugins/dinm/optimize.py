@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 from torch import nn
@@ -94,10 +94,12 @@ def _to(seq: ScoredSequence, device: torch.device) -> ScoredSequence:
 
 def optimise_case(model: nn.Module, stack: Optional[Stack], names: list[str], settings: LoopSettings,
                   edit: ScoredSequence, locality: Optional[ScoredSequence],
-                  block_inputs: Optional[dict[int, Any]] = None) -> CaseOutcome:
+                  block_inputs: Optional[dict[int, Any]] = None,
+                  on_step: Optional[Callable[[int, float], None]] = None) -> CaseOutcome:
     """Run at most ``num_steps`` Adam steps on ``names``; return their deltas (the model is restored).
 
-    ``block_inputs`` (from localization on the same edit sequence) saves the capture pass. Requires every parameter's ``requires_grad`` to be False on entry except as set here; the
+    ``block_inputs`` (from localization on the same edit sequence) saves the capture pass. ``on_step(step,
+    loss)`` is called after every step (progress bars). Requires every parameter's ``requires_grad`` to be False on entry except as set here; the
     caller restores the flags.
     """
     started = time.perf_counter()
@@ -163,6 +165,8 @@ def optimise_case(model: nn.Module, stack: Optional[Stack], names: list[str], se
                 stop = total < settings.early_stop_loss
             record["loss"] = total
             losses.append(record)
+            if on_step is not None:
+                on_step(step, total)
             if stop:
                 stopped = True
                 break

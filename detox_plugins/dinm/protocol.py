@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence, Union
 
 from registry.requests import EditRequest
 from registry.errors import EditError
+from registry.limits import check_max_new_tokens
 
 from .cases import METRICS, as_request
 from .inputs import with_suffix
@@ -95,7 +96,7 @@ def run_safeedit(
         raise EditError("no SafeEdit cases given; pass at least one case")
     scorer = get_judge(judge) if isinstance(judge, str) else judge
     score = scorer.judge if hasattr(scorer, "judge") else scorer
-    new_tokens = max_new_tokens or hp.max_output_length
+    new_tokens = check_max_new_tokens(hp.max_output_length if max_new_tokens is None else max_new_tokens)
     chat = hp.use_chat_template if hp.effective_eval_prompt == "consistent" else False
     max_input = hp.max_length - new_tokens if hp.max_length - new_tokens > 0 else None
     gen = dict(max_new_tokens=new_tokens, use_chat_template=chat, batch_size=batch_size,

@@ -21,7 +21,7 @@ from .datasets import describe_dataset, known_datasets, load_dataset, read_jsonl
 from .judges import get_judge, known_judges
 from .metrics import FLUENCY_TOKENIZERS, continuation_perplexities, mean_perplexity
 from .errors import DatasetError
-from .report import make_items, score_items, summarize, summary_table, write_results
+from .report import check_results_paths, make_items, score_items, summarize, summary_table, write_results
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +52,7 @@ def add_subcommands(subparsers: Any) -> None:
     _add_judge_arguments(p)
     p.add_argument("--text-field", default="response", help="field to score (default: response)")
     p.add_argument("--json", metavar="OUT", help="write the aggregate to OUT and the rows to OUT.items.jsonl")
+    p.add_argument("--overwrite", action="store_true", help="replace existing --json files")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     summary = "Generate answers for a dataset, judge them, and print and save the metrics."
@@ -70,6 +71,7 @@ def add_subcommands(subparsers: Any) -> None:
     _add_judge_arguments(p)
     p.add_argument("--limit", type=int, help="first N prompts (SafeEdit: N cases, 5 prompts each)")
     p.add_argument("--json", metavar="OUT", help="write the aggregate to OUT and the items to OUT.items.jsonl")
+    p.add_argument("--overwrite", action="store_true", help="replace existing --json files")
     p.add_argument("--max-new-tokens", type=int, default=64, help="tokens per answer (default 64)")
     p.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass (default 8)")
     p.add_argument("--max-input-tokens", type=int, help="keep only each prompt's rightmost N tokens")
@@ -113,6 +115,7 @@ def _add_report_parser(subparsers: Any) -> None:
     add_model_arguments(p)
     p.add_argument("--no-base", action="store_true", help="leave out the base-model row")
     p.add_argument("--json", metavar="OUT", help="write the summary to OUT and every answer to OUT.items.jsonl")
+    p.add_argument("--overwrite", action="store_true", help="replace existing --json files")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_suite_arguments(p)
 
@@ -160,6 +163,7 @@ def _read_judge_rows(source: str, text_field: str) -> tuple[list[dict[str, Any]]
 def run_judge(args: argparse.Namespace) -> int:
     """``detox judge``: score rows that already have responses."""
     start = time.perf_counter()
+    check_results_paths(args.json, overwrite=args.overwrite)
     judge = get_judge(args.judge, **_judge_options(args.judge_arg))
     rows, dataset = _read_judge_rows(args.source, args.text_field)
     items = [dict(row) for row in rows]
@@ -173,13 +177,14 @@ def run_judge(args: argparse.Namespace) -> int:
         text_field=args.text_field,
         timing={"judge_s": time.perf_counter() - judge_start, "total_s": time.perf_counter() - start},
     )
-    _report(summary, items, args.json)
+    _report(summary, items, args.json, overwrite=args.overwrite)
     return 0
 
 
 def run_eval(args: argparse.Namespace) -> int:
     """``detox eval``: generate for a dataset, judge, summarize."""
     start = time.perf_counter()
+    check_results_paths(args.json, overwrite=args.overwrite)
     judge = get_judge(args.judge, **_judge_options(args.judge_arg))
     rows = load_dataset(args.dataset, limit=args.limit)
     dataset = describe_dataset(args.dataset)
@@ -240,7 +245,7 @@ def run_eval(args: argparse.Namespace) -> int:
         prompt_format={"chat_template": chat, "system_prompt": args.system_prompt},
         timing=timing,
     )
-    _report(summary, items, args.json)
+    _report(summary, items, args.json, overwrite=args.overwrite)
     return 0
 
 
@@ -248,6 +253,7 @@ def run_report(args: argparse.Namespace) -> int:
     """``detox report``: the quality suite for the base model and the user's saved edits."""
     from .suite import SuiteConfig, print_result, run_suite, settings_from_args, validate_configs
 
+    check_results_paths(args.json, overwrite=args.overwrite)
     settings = settings_from_args(args)
     configs = ([] if args.no_base else [SuiteConfig("base")]) + [SuiteConfig.parse(e) for e in args.compare]
     validate_configs(configs)  # unreadable edit folders fail before the model loads
@@ -256,7 +262,7 @@ def run_report(args: argparse.Namespace) -> int:
                        model_label=_model_label(args))
     print_result(result)
     if args.json:
-        summary_path, items_file = result.write(args.json)
+        summary_path, items_file = result.write(args.json, overwrite=args.overwrite)
         print(f"\nwrote {summary_path} and {items_file}")
     return 0
 
@@ -309,11 +315,11 @@ def _perplexity(
     return {"ppl": mean_perplexity(perplexities), "ppl_model": ppl_model}
 
 
-def _report(summary: dict[str, Any], items: list[dict[str, Any]], out: str | None) -> None:
+def _report(summary: dict[str, Any], items: list[dict[str, Any]], out: str | None, *, overwrite: bool = False) -> None:
     rows = summary_table({k: v for k, v in summary.items() if k not in ("decoding", "prompt_format", "edits")})
     width = max(len(name) for name, _ in rows)
     for name, value in rows:
         print(f"{name.ljust(width)}  {value}")
     if out:
-        summary_path, items_file = write_results(out, summary, items)
+        summary_path, items_file = write_results(out, summary, items, overwrite=overwrite)
         print(f"wrote {summary_path} and {items_file}")

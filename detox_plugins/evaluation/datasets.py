@@ -19,6 +19,9 @@ from importlib import metadata, resources
 from pathlib import Path
 from typing import Any
 
+from registry.errors import InputLimitError
+from registry.limits import read_text
+
 from detox_plugins.evaluation.errors import DatasetError, DatasetUnavailableError
 
 logger = logging.getLogger(__name__)
@@ -164,7 +167,9 @@ def _read_json(path: Path) -> Any:
     if not path.is_file():
         raise DatasetError(f"dataset file {str(path)!r} not found")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(read_text(path, kind="data", what="dataset file"))
+    except InputLimitError:
+        raise
     except (ValueError, RecursionError) as exc:  # bad UTF-8 or JSON, digit limit, deep nesting
         raise DatasetError(f"{path}: not valid UTF-8 JSON ({' '.join(str(exc).split())[:200]})") from None
 
@@ -202,7 +207,7 @@ def read_jsonl(path: str | Path, required: Sequence[str] = ("prompt",),
         raise DatasetError(f"dataset file {str(path)!r} not found")
     rows = []
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = read_text(path, kind="data", what="dataset file").splitlines()
     except UnicodeDecodeError as exc:
         raise DatasetError(f"{path}: not valid UTF-8 ({exc})") from exc
     except OSError as exc:
@@ -249,7 +254,7 @@ def _rows_from_json(data: Any, path: Path) -> list[dict[str, Any]]:
 
 def _rows_from_lines(path: Path) -> list[dict[str, Any]]:
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = read_text(path, kind="data", what="dataset file").splitlines()
     except UnicodeDecodeError as exc:
         raise DatasetError(f"{path}: not valid UTF-8 ({exc})") from exc
     return [{"prompt": line.strip()} for line in lines if line.strip()]

@@ -9,9 +9,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Optional
 
 from registry.errors import DetoxError
+from registry.limits import check_max_new_tokens
 
 logger = logging.getLogger(__name__)
 
@@ -126,8 +127,7 @@ def generate(
     numerics), so record it. ``max_input_tokens`` keeps each input's rightmost tokens (EasyEdit's
     truncation). The model is put in eval mode (its training flag is restored afterwards).
     """
-    if max_new_tokens < 1:
-        raise DetoxError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    check_max_new_tokens(max_new_tokens, context_length=_context_length(model))
     if num_samples < 1:
         raise DetoxError(f"num_samples must be >= 1, got {num_samples}")
     if batch_size < 1:
@@ -165,7 +165,11 @@ def generate(
             decoding["pad_token_id"] = tokenizer.pad_token_id
             decoding["eos_token_id"] = eos_id if eos_id is not None else tokenizer.eos_token_id
             starts = range(0, len(texts), prompts_per_batch)
-            for start in tqdm(starts, desc=desc, disable=not progress, unit="batch"):
+            # One bar in new tokens over all batches: it moves per generated token, not per batch.
+            bar = tqdm(total=len(starts) * max_new_tokens, desc=desc, disable=not progress, unit="tok")
+            if progress:
+                decoding["stopping_criteria"] = _token_ticker(bar)
+            for number, start in enumerate(starts):
                 batch = texts[start : start + prompts_per_batch]
                 enc = tokenizer(
                     batch,
@@ -184,8 +188,32 @@ def generate(
                 for i in range(len(batch)):
                     samples = decoded[i * returns_per_prompt : (i + 1) * returns_per_prompt]
                     results.append(samples * num_samples if returns_per_prompt == 1 else samples)
+                bar.n = (number + 1) * max_new_tokens  # a batch that stopped early counts as done
+                bar.refresh()
+            bar.close()
     finally:
+        decoding.pop("stopping_criteria", None)
         model.train(was_training)
     if num_samples == 1:
         return [samples[0] for samples in results]
     return results
+
+
+def _context_length(model: Any) -> Optional[int]:
+    """The model's context length from its config (``max_position_embeddings``), when it has one."""
+    value = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+def _token_ticker(bar: Any) -> Any:
+    """A stopping criterion that never stops generation and advances ``bar`` by one per generated token
+    (built here: transformers is imported only when generating)."""
+    import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class TokenTicker(StoppingCriteria):
+        def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+            bar.update(1)
+            return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+    return StoppingCriteriaList([TokenTicker()])

@@ -8,14 +8,18 @@ none of them downloads anything, and every score names its judge and version.
 from __future__ import annotations
 
 import difflib
+import json
 import hashlib
 import logging
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal
+
+from registry.limits import read_text
 
 from detox_plugins.evaluation.errors import JudgeError
 
@@ -207,13 +211,21 @@ class ClassifierJudge(Judge):
                 f"(e.g. `huggingface-cli download zjunlp/SafeEdit-Safety-Classifier --local-dir {folder}`), "
                 "judges never download"
             )
+        check_classifier_config(folder)
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         try:
             self._tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-            self._model = AutoModelForSequenceClassification.from_pretrained(str(folder), local_files_only=True)
-        except (OSError, ValueError) as exc:
-            raise JudgeError(f"cannot load a sequence classifier from {str(folder)!r}: {exc}") from exc
+            self._model, info = AutoModelForSequenceClassification.from_pretrained(
+                str(folder), local_files_only=True, output_loading_info=True)
+        except (OSError, ValueError, KeyError, TypeError, ImportError) as exc:
+            first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+            raise JudgeError(f"cannot load a sequence classifier from {str(folder)!r}: {first[:200]}") from None
+        missing = sorted(info.get("missing_keys") or [])
+        if missing:
+            shown_keys = ", ".join(missing[:3]) + (f" (+{len(missing) - 3} more)" if len(missing) > 3 else "")
+            raise JudgeError(f"{folder}: the classifier's weights lack {shown_keys}, so its head would be random; "
+                             f"pass a trained sequence classifier")
         self._model.eval()
         if self.device is not None:
             self._model.to(self.device)
@@ -279,6 +291,38 @@ class ClassifierJudge(Judge):
         if self.mode == "argmax":
             return [float(a == self._unsafe_index) for a in logits.argmax(dim=-1).tolist()]
         return torch.softmax(logits, dim=-1)[:, self._unsafe_index].tolist()
+
+
+def check_classifier_config(folder: Path) -> None:
+    """``folder`` holds a trained sequence classifier, judged by its config.json alone: an ``architectures``
+    entry ending in ``ForSequenceClassification``, or (without ``architectures``) labels other than the
+    default ``LABEL_0``, ``LABEL_1``, ... A causal LM, a base encoder or a folder that is no model is refused."""
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        raise JudgeError(f"{folder} is not a Hugging Face model folder (it has no config.json); pass the folder of "
+                         f"a sequence classifier")
+    try:
+        config = json.loads(read_text(config_path, kind="config", what="model config"))
+    except (OSError, ValueError, RecursionError) as exc:
+        raise JudgeError(f"{config_path} is not valid JSON ({' '.join(str(exc).split())[:120]}); the model folder "
+                         f"is damaged") from None
+    if not isinstance(config, dict):
+        raise JudgeError(f"{config_path} must hold a JSON object; the model folder is damaged")
+    architectures = config.get("architectures") or []
+    if not isinstance(architectures, list):
+        architectures = []
+    names = [str(a) for a in architectures]
+    if names:
+        if not any(name.endswith("ForSequenceClassification") for name in names):
+            raise JudgeError(f"{folder} holds a {', '.join(names)[:120]}, not a sequence classifier; pass a folder "
+                             f"whose config.json lists a ...ForSequenceClassification architecture")
+        return
+    labels = config.get("id2label") or {}
+    values = [str(v) for v in labels.values()] if isinstance(labels, dict) else []
+    if not values or all(re.fullmatch(r"LABEL_\d+", v) for v in values):
+        raise JudgeError(f"{folder}: config.json names no architecture and only default labels "
+                         f"({', '.join(values[:4]) or 'none'}), so it is no trained classifier; pass a sequence "
+                         f"classifier's folder")
 
 
 def _forward_args(model: Any) -> set[str]:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from registry.errors import DetoxError
+from registry.writer import reserve, write_file
 
 from .judges import Judge, is_refusal
 from .metrics import (
@@ -125,15 +126,24 @@ def items_path(out: str | Path) -> Path:
     return out.with_name(out.name + ".items.jsonl")
 
 
-def write_results(out: str | Path, summary: dict[str, Any], items: Sequence[dict[str, Any]]) -> tuple[Path, Path]:
-    """Write the aggregate JSON to ``out`` and the items next to it; returns both paths."""
+def check_results_paths(out: str | Path | None, *, overwrite: bool) -> None:
+    """Before any work: ``out`` and its ``.items.jsonl`` may be written (``registry.writer``), and are locked."""
+    if out is not None:
+        reserve(out, overwrite=overwrite, kind="file", what="--json")
+        reserve(items_path(out), overwrite=overwrite, kind="file", what="--json's items file")
+
+
+def write_results(out: str | Path, summary: dict[str, Any], items: Sequence[dict[str, Any]], *,
+                  overwrite: bool = False) -> tuple[Path, Path]:
+    """Write the aggregate JSON to ``out`` and the items next to it (each written whole, then renamed into
+    place; an existing file only with ``overwrite``); returns both paths."""
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(summary, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
     path = items_path(out)
-    with path.open("w", encoding="utf-8") as f:
-        for item in items:
-            f.write(json.dumps(item, ensure_ascii=False, default=str) + "\n")
+    check_results_paths(out, overwrite=overwrite)
+    lines = "".join(json.dumps(item, ensure_ascii=False, default=str) + "\n" for item in items)
+    write_file(path, lines, overwrite=overwrite, what="--json's items file")
+    write_file(out, json.dumps(summary, indent=2, sort_keys=True, default=str) + "\n", overwrite=overwrite,
+               what="--json")
     return out, path
 
 

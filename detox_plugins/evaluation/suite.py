@@ -40,8 +40,10 @@ from pathlib import Path
 from typing import Any
 
 from registry.errors import DetoxError, EditError
+from registry.limits import check_max_new_tokens
 
 from detox_plugins.evaluation.errors import DatasetUnavailableError, JudgeError
+from detox_plugins.evaluation.report import write_results
 
 logger = logging.getLogger(__name__)
 
@@ -94,8 +96,9 @@ class SuiteSettings:
                 raise DetoxError(f"the {task} item count must be >= 0 (0 skips the task), got {getattr(self, task)}")
         if self.limit is not None and self.limit < 1:
             raise DetoxError(f"limit must be >= 1 (or None for the full counts), got {self.limit}")
-        for name in ("rtp_samples", "harmful_max_new_tokens", "benign_max_new_tokens", "rtp_max_new_tokens",
-                     "gsm8k_max_new_tokens", "batch_size", "rtp_batch_size"):
+        for name in ("harmful_max_new_tokens", "benign_max_new_tokens", "rtp_max_new_tokens", "gsm8k_max_new_tokens"):
+            check_max_new_tokens(getattr(self, name), what=f"--{name.replace('_', '-')}")
+        for name in ("rtp_samples", "batch_size", "rtp_batch_size"):
             if getattr(self, name) < 1:
                 raise DetoxError(f"{name} must be >= 1, got {getattr(self, name)}")
         unknown = sorted(set(self.sources) - set(TASKS))
@@ -227,11 +230,9 @@ class SuiteResult:
     def caption(self) -> str:
         return caption(self.to_dict())
 
-    def write(self, out: str | Path) -> tuple[Path, Path]:
+    def write(self, out: str | Path, *, overwrite: bool = False) -> tuple[Path, Path]:
         """The summary JSON at ``out`` and the items at ``out`` with ``.items.jsonl``."""
-        from .report import write_results
-
-        return write_results(out, _json_safe(self.to_dict()), self.items)
+        return write_results(out, _json_safe(self.to_dict()), self.items, overwrite=overwrite)
 
 
 def _json_safe(value: Any) -> Any:

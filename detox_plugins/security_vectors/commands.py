@@ -12,11 +12,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-from pathlib import Path
 from typing import Any, Optional
 
 from registry.command import Command
 from registry.commandline import check_new_output, hparams_from_args, load_model_from_args
+from registry.writer import write_file
 
 from .editor import SecurityVector, SecurityVectorEditor
 from .hparams import SecurityVectorHyperParams
@@ -39,10 +39,9 @@ def _hparams(args: argparse.Namespace) -> SecurityVectorHyperParams:
     )
 
 
-def _write_json(path: Optional[str], summary: dict[str, Any]) -> None:
+def _write_json(path: Optional[str], summary: dict[str, Any], *, overwrite: bool = False) -> None:
     if path:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(json.dumps(summary, indent=2, sort_keys=True), encoding="utf-8")
+        write_file(path, json.dumps(summary, indent=2, sort_keys=True), overwrite=overwrite, what="--json")
 
 
 def add_finetune_arguments(parser: argparse.ArgumentParser) -> None:
@@ -63,6 +62,7 @@ def run_finetune(args: argparse.Namespace) -> int:
     """``detox finetune --data FILE --out DIR [--vector DIR]``: the user's fine-tune, saved as an edit."""
     data, out, overwrite = args.data, args.out, bool(args.overwrite)
     check_new_output(out, overwrite=overwrite)
+    check_new_output(args.json, overwrite=overwrite, kind="file", what="--json")
     hp = _hparams(args)
     vector = args.vector
     if vector is not None:
@@ -78,7 +78,7 @@ def run_finetune(args: argparse.Namespace) -> int:
     print(f"  {info['rows']} rows ({info['harmful_rows']} flagged harmful), {train['steps']} steps in "
           f"{train['seconds']:.0f} s, train loss {train['train_loss']:.4f}")
     print(f"  evaluate it: detox eval --edit {out} ...   revert: it is an edit of the base model")
-    _write_json(args.json, {"out": str(out), "payload": edit.payload, **info})
+    _write_json(args.json, {"out": str(out), "payload": edit.payload, **info}, overwrite=overwrite)
     return 0
 
 

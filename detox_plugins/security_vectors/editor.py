@@ -35,6 +35,7 @@ from registry.footprint import Footprint
 from registry.inputs import InputField
 from registry.requests import EditRequest
 from registry.saved import SavedEdit, load_edit
+from registry.writer import reserve
 
 from . import adapters
 from .data import TrainingRow, encode_rows, load_rows, pad_token_id
@@ -363,8 +364,8 @@ class SecurityVectorEditor(Editor):
             adapters.check_target_modules(model, hp.user_lora.target_modules, where="user_lora")
         if sv is not None:
             adapters.check_target_modules(model, sorted(sv.config.target_modules or []), where="security vector")
-        if out is not None and Path(out).exists() and not overwrite:
-            raise EditError(f"{out} already exists; choose a new folder or pass overwrite=True (--overwrite)")
+        if out is not None:  # refused or locked now, before the fine-tune (registry.writer)
+            reserve(out, overwrite=overwrite, what="out")
         attached_edit = sv.edit if sv is not None and sv.edit is not None and sv.edit.applied \
             and sv.edit.model is model else None
         present = [a for a in adapters.adapter_names(model) if attached_edit is None or a != attached_edit.adapter]

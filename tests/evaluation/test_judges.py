@@ -150,7 +150,7 @@ def test_classifier_judge_prompt_response_needs_prompts(classifier_dir):
 def test_classifier_judge_errors(tmp_path, classifier_dir):
     with pytest.raises(JudgeError, match="not found; download the model there beforehand"):
         get_judge(f"classifier:{tmp_path / 'missing'}")
-    with pytest.raises(JudgeError, match="cannot load"):
+    with pytest.raises(JudgeError, match="is not a Hugging Face model folder"):
         get_judge(f"classifier:{tmp_path}")  # exists but holds no model
     with pytest.raises(JudgeError, match="unsafe_label must be in 0..1"):
         get_judge(f"classifier:{classifier_dir}", unsafe_label=5)

@@ -8,7 +8,7 @@ import pytest
 
 from detox_plugins.security_vectors import adapters, training
 from detox_plugins.security_vectors.editor import SecurityVectorEditor
-from registry.errors import DetoxError, EditError, ManifestError
+from registry.errors import OutputError, DetoxError, EditError, ManifestError
 from detox_plugins.evaluation.errors import DatasetError
 
 from .tiny import harmful_rows
@@ -102,7 +102,7 @@ def test_folder_that_is_not_a_vector(model, tokenizer, hparams, attack_rows, tmp
 def test_existing_out_folder_and_attached_adapters(model, tokenizer, hparams, attack_rows, tmp_path,
                                                    trained_vector) -> None:
     (tmp_path / "out").mkdir()
-    with pytest.raises(EditError, match="already exists"):
+    with pytest.raises(OutputError, match="already exists"):
         SecurityVectorEditor(hparams()).fine_tune(model, tokenizer, attack_rows, out=tmp_path / "out")
     from detox_plugins.security_vectors.editor import SecurityVector
 
