@@ -56,10 +56,20 @@ def embedded_gguf_path() -> tuple[Path, str]:
     return path, dist.version
 
 
+def embedded_cache_key(wheel_version: str) -> str:
+    """The cache folder's name: the wheel's version and the major version of transformers that wrote
+    it (a folder saved by transformers 5 is read wrongly by 4.x: its ``rope_parameters`` are not
+    ``rope_theta``, so 4.x falls back to 10000 instead of the model's 100000)."""
+    import transformers
+
+    major = str(transformers.__version__).split(".")[0]
+    return f"{EMBEDDED_MODEL}-{wheel_version}-transformers{major}"
+
+
 def embedded_model_dir() -> Path:
     """The converted Hugging Face folder of the embedded model, converting it on first use."""
     gguf, version = embedded_gguf_path()
-    target = cache_dir() / "models" / f"{EMBEDDED_MODEL}-{version}"
+    target = cache_dir() / "models" / embedded_cache_key(version)
     if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
         return target
     convert_gguf(gguf, target)
