@@ -57,13 +57,14 @@ def embedded_gguf_path() -> tuple[Path, str]:
 
 
 def embedded_cache_key(wheel_version: str) -> str:
-    """The cache folder's name: the wheel's version and the major version of transformers that wrote
-    it (a folder saved by transformers 5 is read wrongly by 4.x: its ``rope_parameters`` are not
-    ``rope_theta``, so 4.x falls back to 10000 instead of the model's 100000)."""
+    """The cache folder's name: the wheel's version and the transformers release line (major.minor)
+    that wrote it, so no other release line reads it. Measured: a folder written by 5.x is read wrongly
+    by 4.x (rope_theta 10000 instead of 100000), and one written by 5.5.4 (whose GGUF conversion drops
+    the byte-level decoder) is read by 5.25 as a CodeLlamaTokenizer that garbles text."""
     import transformers
 
-    major = str(transformers.__version__).split(".")[0]
-    return f"{EMBEDDED_MODEL}-{wheel_version}-transformers{major}"
+    line = ".".join(str(transformers.__version__).split(".")[:2])
+    return f"{EMBEDDED_MODEL}-{wheel_version}-transformers{line}"
 
 
 def embedded_model_dir() -> Path:

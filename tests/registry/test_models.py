@@ -114,19 +114,19 @@ def test_embedded_model_generates_and_tokenizes_byte_level_bpe(embedded_model):
     assert "Paris" in answer
 
 
-def test_cache_folder_is_keyed_by_the_transformers_major_version(monkeypatch):
-    """A folder written by transformers 5 is read wrongly by 4.x (rope_theta 10000 instead of 100000):
-    the name says which major version wrote it, so another major never finds it."""
+def test_cache_folder_is_keyed_by_the_transformers_release_line(monkeypatch):
+    """A folder written by transformers 5 is read wrongly by 4.x (rope_theta 10000 instead of 100000), and
+    one written by 5.5.4 wrongly by 5.25 (its tokenizer): the name says which major.minor wrote it."""
     import transformers
 
-    major = transformers.__version__.split(".")[0]
-    assert models.embedded_cache_key("0.1.2") == f"smollm2-135m-instruct-0.1.2-transformers{major}"
-    monkeypatch.setattr(transformers, "__version__", "4.57.1")
-    four = models.embedded_cache_key("0.1.2")
-    monkeypatch.setattr(transformers, "__version__", "5.5.4")
-    five = models.embedded_cache_key("0.1.2")
-    monkeypatch.setattr(transformers, "__version__", "5.24.0")
-    assert four != five == models.embedded_cache_key("0.1.2")
+    line = ".".join(transformers.__version__.split(".")[:2])
+    assert models.embedded_cache_key("0.1.2") == f"smollm2-135m-instruct-0.1.2-transformers{line}"
+    keys = {}
+    for version in ("4.57.1", "5.5.4", "5.5.0", "5.24.0", "5.25.1"):
+        monkeypatch.setattr(transformers, "__version__", version)
+        keys[version] = models.embedded_cache_key("0.1.2")
+    assert keys["5.5.4"] == keys["5.5.0"] and keys["5.24.0"] != keys["5.25.1"]
+    assert len({keys["4.57.1"], keys["5.5.4"], keys["5.24.0"], keys["5.25.1"]}) == 4
 
 
 def test_transformers_floor_accepts_dtype_keyword():
