@@ -73,6 +73,11 @@ class Edit(abc.ABC):
         """A few lines for a person, printed by ``detox edit`` after the edit (default: none)."""
         return []
 
+    def restored_elsewhere(self) -> bool:
+        """True when the model no longer holds this edit although ``revert()`` was not called (something
+        else put the original values back); ``revert()`` is then a logged no-op. Default: never."""
+        return False
+
     # ------------------------------------------------------------------ export (standard checkpoints)
     def export_config(self) -> dict[str, Any]:
         """The config changes a merged checkpoint of the edited model needs, so that the architecture's
@@ -121,6 +126,11 @@ class Edit(abc.ABC):
 
     # ------------------------------------------------------------------ behaviour
     def revert(self) -> None:
+        if self.restored_elsewhere():
+            logger.info("this %s edit was already undone outside revert() (every tensor it changed holds "
+                        "its pre-edit value again, e.g. EasyEdit's restore loop); nothing to do", self.editor)
+            self.applied = False
+            return
         if not self.applied:
             raise EditError(f"this {self.editor} edit was already reverted")
         self._revert()
@@ -202,10 +212,35 @@ class ParameterEdit(Edit):
 
     def __init__(self, model: Any, originals: dict[str, "torch.Tensor"], deltas: dict[str, "torch.Tensor"],
                  metadata: Mapping[str, Any], *, stackable: bool = False) -> None:
-        super().__init__(model, metadata)
         self.originals = originals
         self.deltas = deltas
         self.stackable = stackable
+        super().__init__(model, metadata)
+
+    @property
+    def applied(self) -> bool:
+        """True while the model holds this edit: False after ``revert()``, and also once every
+        tensor it changed holds its pre-edit value again because something else put it back
+        (EasyEdit's restore loop copying ``weights_copy`` into the model)."""
+        return self._applied and not self.restored_elsewhere()
+
+    @applied.setter
+    def applied(self, value: bool) -> None:
+        self._applied = bool(value)
+
+    def restored_elsewhere(self) -> bool:
+        """Every tensor this edit changed holds its pre-edit value again, though ``revert()`` was not
+        called (an edit whose deltas are all zero never counts: it is indistinguishable)."""
+        import torch
+
+        if not self._applied or not any(bool(d.any()) for d in self.deltas.values()):
+            return False
+        try:
+            with torch.no_grad():
+                return all(torch.equal(_resolve_parameter(self.model, name).detach(), original)
+                           for name, original in self.originals.items())
+        except KeyError:
+            return False
 
     @classmethod
     def apply_deltas(cls, model: Any, deltas: Mapping[str, "torch.Tensor"],

@@ -60,10 +60,21 @@ def embedded_gguf_path() -> tuple[Path, str]:
     return path, dist.version
 
 
+def embedded_cache_key(wheel_version: str) -> str:
+    """The cache folder's name: the wheel's version and the transformers release line (major.minor)
+    that wrote it, so no other release line reads it. Measured: a folder written by 5.x is read wrongly
+    by 4.x (rope_theta 10000 instead of 100000), and one written by 5.5.4 (whose GGUF conversion drops
+    the byte-level decoder) is read by 5.25 as a CodeLlamaTokenizer that garbles text."""
+    import transformers
+
+    line = ".".join(str(transformers.__version__).split(".")[:2])
+    return f"{EMBEDDED_MODEL}-{wheel_version}-transformers{line}"
+
+
 def embedded_model_dir() -> Path:
     """The converted Hugging Face folder of the embedded model, converting it on first use."""
     gguf, version = embedded_gguf_path()
-    target = cache_dir() / "models" / f"{EMBEDDED_MODEL}-{version}"
+    target = cache_dir() / "models" / embedded_cache_key(version)
     if usable_cache(target):
         return target
     ensure_folder(cache_dir(), what=f"the model cache ({CACHE_ENV})", env=CACHE_ENV)

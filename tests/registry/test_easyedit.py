@@ -9,6 +9,7 @@ editors on tiny random models.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import types
 from typing import Any
 
@@ -205,13 +206,21 @@ def test_bad_requests_raise_and_leave_the_model(scale_registry) -> None:
         assert_same(model, before)
 
 
-def test_install_adds_every_editor_without_overwriting(all_registry) -> None:
+def test_install_adds_every_editor_without_overwriting(all_registry, caplog) -> None:
     def apply_rome_to_model(*args: Any, **kwargs: Any) -> None:  # EasyEdit's own entries
         raise AssertionError("never called")
 
-    theirs = object()
+    def apply_dinm_to_model(*args: Any, **kwargs: Any) -> None:  # EasyEdit's own DINM
+        raise AssertionError("never called")
+
+    theirs = apply_dinm_to_model
     alg_dict: dict[str, Any] = {"ROME": apply_rome_to_model, "DINM": theirs}
-    added = install(alg_dict)
+    with caplog.at_level(logging.WARNING, logger="registry.easyedit"):
+        added = install(alg_dict)
+    warning, = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert "already has 'DINM' (tests.registry.test_easyedit." in warning and "apply_dinm_to_model" in warning
+    assert "kept it" in warning and "overwrite=True, names=['DINM']" in warning
+    caplog.clear()
     assert added == ["DeStein", "Scale", "SecurityVectors"]
     assert alg_dict["ROME"] is apply_rome_to_model and alg_dict["DINM"] is theirs
     assert [alg_dict[k].__name__ for k in added] == ["apply_destein_to_model", "apply_scale_to_model",
@@ -219,6 +228,11 @@ def test_install_adds_every_editor_without_overwriting(all_registry) -> None:
     assert install(alg_dict) == []  # idempotent
     assert install(alg_dict, overwrite=True, names=["dinm"]) == ["DINM"]
     assert alg_dict["DINM"].__name__ == "apply_dinm_to_model" and alg_dict["ROME"] is apply_rome_to_model
+    assert alg_dict["DINM"].editor_class.__module__ == "detox_plugins.dinm.editor"
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="registry.easyedit"):
+        assert install(alg_dict) == []  # ours already in place: nothing to warn about
+    assert not caplog.records
     with pytest.raises(EditorNotFoundError):
         install({}, names=["nope"])
 
@@ -241,6 +255,61 @@ def test_installed_table_runs_easyedits_edit_loop(scale_registry) -> None:
             assert not torch.equal(edited(ids).logits, base_logits)
         easyedit_restore(edited, weights_copy)
         assert_same(model, before)
+
+
+# ---------------------------------------------------------------------- what a host user expects
+def test_restore_after_the_host_restored_is_a_logged_no_op(scale_registry, caplog) -> None:
+    """EasyEdit's loop copies weights_copy back; the edit then says it is no longer applied, and
+    restore() (or edit.revert()) does nothing instead of claiming the tensor changed after the edit."""
+    model = tiny_llama()
+    before = state(model)
+    _, weights_copy = apply_fn("Scale")(model, None, [BASE_REQUEST], {"alg_name": "Scale", "layer": 1},
+                                        return_orig_weights=True, keep_original_weight=True)
+    assert weights_copy.applied and weights_copy.edit.applied
+    easyedit_restore(model, weights_copy)
+    assert not weights_copy.edit.applied and not weights_copy.applied
+    with caplog.at_level(logging.INFO, logger="registry"):
+        weights_copy.restore()
+    assert any("already undone outside revert()" in r.getMessage() for r in caplog.records)
+    weights_copy.restore()  # and again: still nothing to do
+    assert_same(model, before)
+    with pytest.raises(EditError, match="already reverted"):
+        weights_copy.edit.revert()
+
+
+def test_a_partly_restored_edit_still_raises(scale_registry) -> None:
+    model = tiny_llama()
+    _, weights_copy = apply_fn("Scale")(model, None, [BASE_REQUEST], {"alg_name": "Scale", "layer": 1})
+    with torch.no_grad():
+        model.get_parameter(NAME).mul_(2.0)  # neither the edit nor the original: a later change
+    assert weights_copy.applied
+    with pytest.raises(EditError, match="changed after this Scale edit was applied"):
+        weights_copy.restore()
+
+
+def test_host_only_fields_and_a_preloaded_model_are_accepted(scale_registry) -> None:
+    """SafetyEditor/BaseEditor read max_length, max_output_length, fp16, batch_size from the same hparams
+    object, and model_name may be the preloaded (model, tokenizer) pair."""
+    model = tiny_llama()
+    model.config._name_or_path = "my-local-llama"
+    hp = types.SimpleNamespace(alg_name="Scale", layer=1, model_name=(model, None), device="cpu",
+                               model_parallel=False, max_length=1000, max_output_length=600, fp16=False,
+                               batch_size=1)
+    _, weights_copy = apply_fn("Scale")(model, None, [BASE_REQUEST], hp)
+    assert weights_copy.edit.metadata["hparams"]["model_name"] == "my-local-llama"
+    weights_copy.restore()
+    with pytest.raises(HyperParamsError, match="did you mean 'layer'"):  # typos are still named
+        apply_fn("Scale")(model, None, [BASE_REQUEST], types.SimpleNamespace(alg_name="Scale", layr=1))
+
+
+def test_basededitors_placeholder_ground_truth_is_refused(scale_registry) -> None:
+    model = tiny_llama()
+    before = state(model)
+    request = dict(BASE_REQUEST, ground_truth="<|endoftext|>")
+    with pytest.raises(EditError, match=r"^Scale: request 0 has ground_truth '<\|endoftext\|>', EasyEdit "
+                                        r"BaseEditor's placeholder .*pass ground_truth= explicitly$"):
+        apply_fn("Scale")(model, None, [request], {"alg_name": "Scale"})
+    assert_same(model, before)
 
 
 # ---------------------------------------------------------------------- the real editors
@@ -310,14 +379,29 @@ def test_destein_hooks_give_an_empty_weights_copy_and_a_reachable_edit(all_regis
 
     model = tiny_llama_model()
     before, hooks = state(model), hook_count(model)
-    edited, weights_copy = apply_fn("DeStein")(model, tiny_tokenizer(), _destein_requests(), _destein_hp(),
-                                               return_orig_weights=True, keep_original_weight=True)
+    edited, weights_copy = apply_fn("DeStein")(model, tiny_tokenizer(), _destein_requests(), _destein_hp())
     assert edited is model and dict(weights_copy) == {}  # no tensor changed in place
     assert changed_names(model, before) == set() and hook_count(model) > hooks
     assert weights_copy.edit.payload == "destein_vectors"
     easyedit_restore(model, weights_copy)  # EasyEdit's loop cannot undo hooks ...
-    assert hook_count(model) > hooks
+    assert hook_count(model) > hooks and weights_copy.applied
     weights_copy.restore()  # ... restore() does
+    assert hook_count(model) == hooks and not weights_copy.applied
+    assert_same(model, before)
+
+
+@pytest.mark.parametrize("keep", [True, False])
+def test_destein_hooks_are_refused_where_the_host_restores_from_weights_copy(all_registry, keep) -> None:
+    """return_orig_weights=True (both EasyEdit hosts pass it): the host will copy weights_copy back, which
+    cannot remove hooks, so the bridge refuses before anything changes instead of leaving them applied."""
+    from tests.destein.conftest import tiny_llama_model
+
+    model = tiny_llama_model()
+    before, hooks = state(model), hook_count(model)
+    with pytest.raises(EditError, match=r"^DeStein: EasyEdit's restore loop .* cannot undo this edit: it adds "
+                                        r"forward hooks .*return_orig_weights=False.*restore\(\)$"):
+        apply_fn("DeStein")(model, tiny_tokenizer(), _destein_requests(), _destein_hp(),
+                            return_orig_weights=True, keep_original_weight=keep)
     assert hook_count(model) == hooks
     assert_same(model, before)
 
@@ -335,10 +419,13 @@ def test_destein_bias_fold_reports_the_biases_it_overwrote(all_registry) -> None
     easyedit_restore(gpt2, weights_copy)  # EasyEdit's loop is enough here
     assert_same(gpt2, before)
 
-    llama = tiny_llama_model()  # o_proj has no bias: the fold adds one, nothing existing changed
+    llama = tiny_llama_model()  # o_proj has no bias: the fold adds one, which the host's loop cannot undo
     before = state(llama)
-    _, weights_copy = apply_fn("DeStein")(llama, tiny_tokenizer(), _destein_requests(), hp,
-                                          return_orig_weights=True, keep_original_weight=True)
+    with pytest.raises(EditError, match="creates tensors the model did not have"):
+        apply_fn("DeStein")(llama, tiny_tokenizer(), _destein_requests(), hp, return_orig_weights=True,
+                            keep_original_weight=True)
+    assert_same(llama, before)
+    _, weights_copy = apply_fn("DeStein")(llama, tiny_tokenizer(), _destein_requests(), hp)
     assert dict(weights_copy) == {} and changed_names(llama, before) == set()
     assert len(llama.state_dict()) > len(before)
     weights_copy.restore()
@@ -357,8 +444,10 @@ def test_security_vector_through_the_bridge(all_registry) -> None:
                 for t in ("pick a lock", "steal a car")]
     hp = {"alg_name": "SecurityVectors", "sv_epochs": 2, "sv_kl_weight": 0.0, "max_length": 64,
           "progress": False, "sv_lora": {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"]}}
-    edited, weights_copy = apply_fn("SecurityVectors")(model, tok, requests, hp, copy=True,
-                                                       return_orig_weights=True, keep_original_weight=True)
+    with pytest.raises(EditError, match="SecurityVectors: .*it wraps 4 modules in adapters"):
+        apply_fn("SecurityVectors")(model, tok, requests, hp, return_orig_weights=True, keep_original_weight=True)
+    assert_same(model, before) and not list(adapters.tuner_layers(model))
+    edited, weights_copy = apply_fn("SecurityVectors")(model, tok, requests, hp, copy=True)
     assert edited is not model and not list(adapters.tuner_layers(model))  # copy: the caller's model untouched
     assert_same(model, before)
     assert dict(weights_copy) == {} and adapters.adapter_names(edited) == ["sv"]

@@ -112,3 +112,38 @@ def test_embedded_model_generates_and_tokenizes_byte_level_bpe(embedded_model):
     assert tokenizer.decode(tokenizer("I can't help.", add_special_tokens=False).input_ids) == "I can't help."
     answer = generate(model, tokenizer, ["What is the capital of France?"], max_new_tokens=12, progress=False)[0]
     assert "Paris" in answer
+
+
+def test_cache_folder_is_keyed_by_the_transformers_release_line(monkeypatch):
+    """A folder written by transformers 5 is read wrongly by 4.x (rope_theta 10000 instead of 100000), and
+    one written by 5.5.4 wrongly by 5.25 (its tokenizer): the name says which major.minor wrote it."""
+    import transformers
+
+    line = ".".join(transformers.__version__.split(".")[:2])
+    assert models.embedded_cache_key("0.1.2") == f"smollm2-135m-instruct-0.1.2-transformers{line}"
+    keys = {}
+    for version in ("4.57.1", "5.5.4", "5.5.0", "5.24.0", "5.25.1"):
+        monkeypatch.setattr(transformers, "__version__", version)
+        keys[version] = models.embedded_cache_key("0.1.2")
+    assert keys["5.5.4"] == keys["5.5.0"] and keys["5.24.0"] != keys["5.25.1"]
+    assert len({keys["4.57.1"], keys["5.5.4"], keys["5.24.0"], keys["5.25.1"]}) == 4
+
+
+def test_transformers_floor_accepts_dtype_keyword():
+    """load_model and convert_gguf pass ``dtype=`` to from_pretrained, which transformers accepts
+    from 4.56 on (before, only ``torch_dtype=``): setup.cfg's floor may not be lower."""
+    import configparser
+    import inspect
+    from pathlib import Path
+
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    cfg = configparser.ConfigParser()
+    cfg.read(Path(__file__).resolve().parents[2] / "setup.cfg")
+    reqs = [Requirement(line) for line in cfg["options"]["install_requires"].split("\n") if line.strip()]
+    spec = next(r.specifier for r in reqs if r.name == "transformers")
+    floor = min(Version(s.version) for s in spec if s.operator == ">=")
+    assert floor >= Version("4.56"), floor
+    assert '"dtype": torch_dtype' in inspect.getsource(models.load_model)
+    assert "dtype=torch.float32" in inspect.getsource(models.convert_gguf)
