@@ -165,7 +165,18 @@ def attach(model: Any, adapter: str, config: "LoraConfig",
     except BaseException:
         detach(model, adapter)
         raise
+    match_training_mode(model)
     activate(model, before_active, frozen=[adapter, *frozen_before])
+
+
+def match_training_mode(model: Any) -> None:
+    """Give every adapter layer the train/eval mode of the layer it wraps. peft builds new modules in
+    training mode, so a LoRA injected into a model in eval mode would otherwise apply its dropout at
+    inference (outputs that change from one forward pass to the next)."""
+    for _name, layer in tuner_layers(model):
+        mode = layer.get_base_layer().training
+        for module in layer.modules():
+            module.training = mode
 
 
 def frozen_adapters(model: Any) -> list[str]:

@@ -112,12 +112,14 @@ def test_security_vector_fine_tune_exports_exactly(export: str, tok: Any, tmp_pa
     model.save_pretrained(base)
     hp = {"alg_name": "SecurityVectors", "max_length": 96, "max_target_tokens": 48, "progress": False,
           "sv_lora": {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"]}, "sv_epochs": 1,
-          "sv_batch_size": 4, "sv_kl_weight": 0.0, "user_lora": {"r": 4, "lora_alpha": 32, "lora_dropout": 0.0,
+          "sv_batch_size": 4, "sv_kl_weight": 0.0, "user_lora": {"r": 4, "lora_alpha": 32, "lora_dropout": 0.1,
                                                                   "target_modules": ["q_proj", "v_proj", "o_proj"]},
           "ft_epochs": 1, "ft_lr": 5e-2, "ft_batch_size": 4, "export": export}
     editor = SecurityVectorEditor(hp)
     vector = editor.edit(model, tok, harmful_rows()[:4])
     tuned = editor.fine_tune(model, tok, harmful_rows()[4:12], vector=vector)
+    # the user's LoRA has dropout: it must be off at inference (peft builds its layers in training mode)
+    assert [name for name, module in model.named_modules() if module.training] == []
     if export == "merged":
         folder = tuned.export(tmp_path / "export", tokenizer=tok)
         assert_exact(model, folder, ids_of(tok), tmp_path)

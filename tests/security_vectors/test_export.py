@@ -190,3 +190,30 @@ def test_saved_vector_and_fine_tune_compose(sv_registry, make_model, tokenizer, 
     assert adapters.adapter_names(model) == ["user"] and adapters.frozen_adapters(model) == ["user"]
     tuned_edit.revert()
     _assert_bit_exact(model, snapshot)
+
+
+def test_an_attached_adapter_follows_the_model_into_eval_mode(make_model, tokenizer, hparams, attack_rows,
+                                                              tmp_path) -> None:
+    """peft builds LoRA layers in training mode; attached to a model in eval mode their dropout must be
+    off, after fine-tuning and after re-applying the saved adapter (two forward passes agree)."""
+    import torch
+
+    from detox_plugins.security_vectors.editor import SecurityVectorEditor
+    from registry import load_edit
+
+    model = make_model()
+    config = hparams(user_lora=dict(r=4, lora_alpha=8, lora_dropout=0.5, target_modules=["q_proj", "v_proj"]),
+                     export="adapter", ft_epochs=1)
+    tuned = SecurityVectorEditor(config).fine_tune(model, tokenizer, attack_rows)
+    ids = torch.tensor([[1, 5, 6, 7, 8]])
+
+    def deterministic(m) -> bool:
+        with torch.no_grad():
+            return torch.equal(m(input_ids=ids).logits, m(input_ids=ids).logits)
+
+    assert deterministic(model) and not any(m.training for m in model.modules())
+    folder = tuned.save(tmp_path / "ft")
+    tuned.revert()
+    applied = load_edit(folder).apply(model, tokenizer)
+    assert deterministic(model) and not any(m.training for m in model.modules())
+    applied.revert()
