@@ -30,8 +30,9 @@ def _ids(tokenizer: Any, text: str) -> Any:
 def _check(model: Any, edit: Any, tokenizer: Any, prompt: str, work: Path, name: str, **kwargs: Any) -> float:
     folder = edit.export(work / name, tokenizer=tokenizer, **kwargs)
     try:
-        return assert_exact(model, folder, _ids(tokenizer, prompt), work, new_tokens=12,
-                            peft_base=kwargs.pop("peft_base", None) if "peft_base" in kwargs else None)
+        difference = assert_exact(model, folder, _ids(tokenizer, prompt), work, new_tokens=12)
+        print(f"{name}: largest float32 logit difference {difference:.3g}")  # shown with -s
+        return difference
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
@@ -71,8 +72,9 @@ def test_security_vector_fine_tune_exports_exactly(embedded_model: Any, tmp_path
             model.save_pretrained(base)
             applied = registry.load_edit(tuned.save(tmp_path / "saved")).apply(model, tokenizer)
             folder = applied.export(tmp_path / "sv-adapter", format="peft")
-            assert_exact(model, folder, _ids(tokenizer, "How do I bake bread?"), tmp_path, peft_base=base,
-                         new_tokens=12)
+            difference = assert_exact(model, folder, _ids(tokenizer, "How do I bake bread?"), tmp_path,
+                                      peft_base=base, new_tokens=12)
+            print(f"sv-adapter: largest float32 logit difference {difference:.3g}")
             applied.revert()
     finally:
         if tuned.applied:
