@@ -15,6 +15,7 @@ A config is ``base`` or ``FUSION:ALPHA[@APPLY]`` (FUSION rotate|additive, APPLY 
 
 from __future__ import annotations
 
+from registry.writer import write_file
 from registry import from_hparams
 import argparse
 import json
@@ -176,9 +177,8 @@ def main(argv: list[str] | None = None) -> int:
                  for c in cols]
         print("| " + " | ".join(cells) + " |")
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as handle:
-            json.dump({"args": vars(args), "judge": f"{judge.name} {judge.version}", "results": results}, handle,
-                      indent=2)
+        write_file(args.json, json.dumps({"args": vars(args), "judge": f"{judge.name} {judge.version}",
+                                          "results": results}, indent=2), overwrite=True)
     return 0
 
 

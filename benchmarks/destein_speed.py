@@ -214,11 +214,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nvector build (capture + probes, 20 pairs): attn_output {builds['attn_output']:.2f} s, "
           f"head_input {builds['head_input']:.2f} s")
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as handle:
-            json.dump({"args": vars(args), "machine": platform.platform(), "torch": torch.__version__,
-                       "threads": torch.get_num_threads(), "build_seconds": builds, "results": rows,
-                       "decode_step_seconds": step,
-                       "op_seconds_per_step": op_cost, "hooks_installed": hooks_installed}, handle, indent=2)
+        from registry.writer import write_file
+
+        write_file(args.json, json.dumps({"args": vars(args), "machine": platform.platform(),
+                                          "torch": torch.__version__, "threads": torch.get_num_threads(),
+                                          "build_seconds": builds, "results": rows, "decode_step_seconds": step,
+                                          "op_seconds_per_step": op_cost, "hooks_installed": hooks_installed},
+                                         indent=2), overwrite=True)
     return 0
 
 

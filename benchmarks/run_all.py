@@ -29,6 +29,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from registry.writer import write_file
+
 ROOT = Path(__file__).resolve().parents[1]
 QUICK_LIMIT = 5
 
@@ -138,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             tqdm.write(f"{name}: {seconds:.0f} s", file=sys.stderr)
         record["total_s"] = round(time.perf_counter() - start, 1)
-        (ROOT / out / "run_all.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        write_file(ROOT / out / "run_all.json", json.dumps(record, indent=2) + "\n", overwrite=True)
     bar.close()
     total = time.perf_counter() - start
     print(f"\n{record['mode']} benchmark run{' (limit ' + str(limit) + ')' if limit else ''}: "
