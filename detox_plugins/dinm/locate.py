@@ -1,6 +1,7 @@
 """Toxic-layer localization: EasyEdit's, and a fixed version.
 
-``locate_easyedit`` reproduces EasyEdit: one left-padded batch ``[y+, y-]`` of the responses alone,
+``locate_easyedit`` reproduces EasyEdit: one batch ``[y+, y-]`` of the responses alone, padded on the
+tokenizer's own side,
 ``output_hidden_states``, the Frobenius distance of the whole padded ``[n, d]`` matrices for
 ``hidden_states[1..L]`` (the last one post-final-norm), argmax minus one; ties keep the lowest.
 
@@ -70,7 +71,9 @@ def _device(model: nn.Module) -> torch.device:
 
 @torch.no_grad()
 def locate_easyedit(model: nn.Module, tokenizer: Any, safe: str, unsafe: str) -> Localization:
-    """EasyEdit's ``_locate_toxic_layer`` for one case (left padding, as in its standard flow)."""
+    """EasyEdit's ``_locate_toxic_layer`` for one case: the [safe, unsafe] batch padded on the tokenizer's
+    own ``padding_side`` (EasyEdit calls ``tokenizer(texts, padding=True, truncation=True)``), so the
+    layer picked depends on the tokenizer, as it does in EasyEdit (SmolLM2's pads on the right)."""
     limit = getattr(tokenizer, "model_max_length", None)
     limit = limit if isinstance(limit, int) and 0 < limit < 10**7 else None
     rows = []
@@ -81,9 +84,11 @@ def locate_easyedit(model: nn.Module, tokenizer: Any, safe: str, unsafe: str) ->
     pad = _pad_id(tokenizer)
     input_ids = torch.full((2, width), pad, dtype=torch.long)
     attention_mask = torch.zeros((2, width), dtype=torch.long)
+    left = getattr(tokenizer, "padding_side", "right") == "left"
     for i, ids in enumerate(rows):
-        input_ids[i, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
-        attention_mask[i, width - len(ids):] = 1
+        span = slice(width - len(ids), width) if left else slice(0, len(ids))
+        input_ids[i, span] = torch.tensor(ids, dtype=torch.long)
+        attention_mask[i, span] = 1
     device = _device(model)
     out = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
                 output_hidden_states=True, use_cache=False)

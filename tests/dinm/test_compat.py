@@ -16,14 +16,10 @@ from .helpers import CASE, bos_tokenizer, hparams, tiny_model
 
 
 def reference_layer(model, tok, safe: str, unsafe: str) -> int:
-    """EasyEdit's localization, written out: left-padded [y+, y-], Frobenius distance per hidden state."""
-    rows = [tok(safe)["input_ids"], tok(unsafe)["input_ids"]]
-    width = max(map(len, rows))
-    ids = torch.full((2, width), tok.pad_token_id)
-    mask = torch.zeros((2, width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, width - len(r):] = torch.tensor(r)
-        mask[i, width - len(r):] = 1
+    """EasyEdit's localization, written out: the tokenizer's own padded [y+, y-] batch (its padding side),
+    Frobenius distance per hidden state."""
+    batch = tok([safe, unsafe], return_tensors="pt", padding=True, truncation=True)
+    ids, mask = batch["input_ids"], batch["attention_mask"]
     with torch.no_grad():
         hidden = model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
     best, best_value = None, float("-inf")
@@ -136,3 +132,25 @@ def test_sticky_layer_lives_in_the_editor_not_the_hparams(tok) -> None:
     second = editor.edit(model, tok, [no_unsafe])  # no localization needed any more
     assert second.metadata["layers"] == layer and "localization" not in second.metadata["cases"][0]
     second.revert()
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_compat_localization_pads_on_the_tokenizers_own_side(side) -> None:
+    """The batch EasyEdit builds is the tokenizer's own (padding=True): ours equals it on both sides,
+    and so does the layer picked."""
+    from detox_plugins.dinm import locate
+
+    tok = tiny_tokenizer()
+    tok.padding_side = side
+    model = tiny_model("llama")
+    safe, unsafe = CASE["target_new"], CASE["ground_truth"] + " and more words to make it longer"
+    seen = {}
+    handle = model.register_forward_pre_hook(lambda module, args, kwargs: seen.update(kwargs), with_kwargs=True)
+    try:
+        found = locate.locate_easyedit(model, tok, safe, unsafe)
+    finally:
+        handle.remove()
+    expected = tok([safe, unsafe], return_tensors="pt", padding=True, truncation=True)
+    assert torch.equal(seen["input_ids"], expected["input_ids"])
+    assert torch.equal(seen["attention_mask"], expected["attention_mask"])
+    assert found.layer == reference_layer(model, tok, safe, unsafe)
