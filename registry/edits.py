@@ -205,6 +205,18 @@ def _resolve_parameter(model: Any, name: str) -> "torch.Tensor":
     raise KeyError(name)
 
 
+def check_in_memory(tensors: Mapping[str, Any], *, editor: str) -> None:
+    """Refuse tensors that live on the meta device: a model dispatched by accelerate with CPU or disk
+    offload keeps offloaded weights outside the module, where an in-place edit cannot reach them."""
+    offloaded = sorted(name for name, tensor in tensors.items() if getattr(tensor, "device", None) is not None
+                       and tensor.device.type == "meta")
+    if offloaded:
+        raise EditError(
+            f"{editor} would change {offloaded[0]}{f' (+{len(offloaded) - 1} more)' if len(offloaded) > 1 else ''}, "
+            f"which is offloaded (accelerate's device_map put it on 'disk' or in its CPU offload, so the module holds "
+            f"no weights); keep the edited layers on a device in the device_map (e.g. 'cpu' or 0), or edit other layers")
+
+
 class ParameterEdit(Edit):
     """An edit that adds deltas to existing tensors: ``W = W0 + delta``. Revert copies W0 back."""
 
@@ -266,6 +278,7 @@ class ParameterEdit(Edit):
                     f"{tuple(delta.shape)}; this edit was made for another model"
                 )
             targets[name] = param
+        check_in_memory(targets, editor=str(metadata.get("editor", "this edit")))
         originals: dict[str, torch.Tensor] = {}
         stored: dict[str, torch.Tensor] = {}
         try:

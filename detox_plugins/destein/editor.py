@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence, Union
 
 from registry.editor import Editor
+from registry.edits import check_in_memory
 from registry.errors import EditError, ManifestError
 from registry.footprint import Footprint
 from registry.inputs import InputField
@@ -180,6 +181,9 @@ class DeSteinEditor(Editor):
         hp = self.hparams
         geometry = resolve_geometry(model, hp.attn_out_module_tmp, hp.num_heads)
         settings = self.settings(geometry)
+        # a fold writes each steered projection's bias from its weight; hooks place vectors beside it
+        check_in_memory({f"{geometry.template.format(layer)}.weight": geometry.modules[layer].weight
+                         for layer in settings.layers}, editor="DeStein")
         if vectors is None and hp.vectors:
             vectors = SteeringVectors.load(hp.vectors)
         pairs: list[SteeringPair] = []

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Optional, Sequence, Union
 
 from registry.editor import Editor
-from registry.edits import ParameterEdit
+from registry.edits import ParameterEdit, check_in_memory
 from registry.errors import EditError, HyperParamsError
 from registry.footprint import Footprint
 from registry.inputs import REQUESTS_INPUT, InputField
@@ -241,6 +241,10 @@ class DINMEditor(Editor):
         else:
             fixed = None
         self._check_template(names, fixed, num_layers)
+        if fixed is not None:  # known now: an offloaded target is refused before any work
+            params = dict(model.named_parameters())
+            check_in_memory({n: params[n] for layer in fixed for n in template_matches(hp.rewrite_module_tmp, layer,
+                                                                                        names)}, editor="DINM")
         compat_locate = self._uses_easyedit_localization()
         cases = []
         for index, request in enumerate(items):
@@ -396,6 +400,7 @@ class DINMEditor(Editor):
                 if not targets:
                     raise EditError(f"rewrite_module_tmp {hp.rewrite_module_tmp!r} matches nothing for layer "
                                     f"{layers}; fix rewrite_module_tmp")
+                check_in_memory({name: params[name] for name in targets}, editor="DINM")
                 for name in targets:
                     if name not in originals:
                         originals[name] = params[name].detach().clone()

@@ -18,6 +18,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Optional, Sequence
 
+from registry.edits import check_in_memory
 from registry.errors import EditError, ManifestError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -94,6 +95,11 @@ def adaptable_modules(model: Any) -> list[str]:
                    if adaptable(module) and ".lora_" not in name})
 
 
+def matching_modules(model: Any, target_modules: Sequence[str]) -> list[str]:
+    """The adaptable modules a LoRA with ``target_modules`` wraps (peft's suffix match)."""
+    return [n for n in adaptable_modules(model) if any(n == t or n.endswith(f".{t}") for t in target_modules)]
+
+
 def check_target_modules(model: Any, target_modules: Sequence[str], *, where: str) -> None:
     """Raise EditError before any change when a target module name matches nothing in ``model``."""
     linear_names = adaptable_modules(model)
@@ -131,6 +137,10 @@ def attach(model: Any, adapter: str, config: "LoraConfig",
     if adapter in adapter_names(model):
         raise EditError(f"the model already has an adapter named {adapter!r}; detach it first or pick another name")
     check_target_modules(model, sorted(config.target_modules or []), where=f"adapter {adapter!r}")
+    wrapped = set(matching_modules(model, sorted(config.target_modules or [])))
+    check_in_memory({f"{name}.weight": module.weight for name, module in model.named_modules()
+                     if name in wrapped and getattr(module, "weight", None) is not None},
+                    editor=f"the LoRA adapter {adapter!r}")
     _remember_requires_grad(model)
     before_active = active_adapters(model)
     frozen_before = frozen_adapters(model)

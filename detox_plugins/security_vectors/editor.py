@@ -200,7 +200,7 @@ class StepInputs:
 
 def _linear_modules(model: Any, target_modules: Sequence[str]) -> list[str]:
     """The linear modules a LoRA with ``target_modules`` wraps (peft's suffix match)."""
-    return [n for n in adapters.adaptable_modules(model) if any(n == t or n.endswith(f".{t}") for t in target_modules)]
+    return adapters.matching_modules(model, target_modules)
 
 
 # ---------------------------------------------------------------------- the editor
