@@ -66,17 +66,35 @@ EDITORS = ("DINM (fixed layer)", "DINM (located layer)", "DeStein (bias fold)", 
 #: Named refusals, ``{(family, editor): message fragment}``; every other cell must pass.
 REFUSALS: dict[tuple[str, str], str] = {}
 
+#: Families whose attention output projection has no bias and whose config has no flag that adds one:
+#: a merged checkpoint cannot hold a DeStein fold there.
+NO_BIAS_FLAG = ("mistral", "mixtral", "qwen2", "phi3", "falcon")
+
+
+def export_refusal(family: str, editor: str) -> str | None:
+    """Why a merged export of this cell is refused (a message fragment), or None when it must round-trip."""
+    if editor == "DeStein (hook)":
+        return "steers activations at run time"
+    if editor == "SecurityVectors":
+        return "removed at inference"
+    if editor == "DeStein (bias fold)" and family in NO_BIAS_FLAG:
+        return "cannot hold this DeStein fold"
+    return None
+
 TABLE_START = "<!-- families:start -->"
 TABLE_END = "<!-- families:end -->"
 
 
 def render_table() -> str:
-    """The README's family x editor table, from FAMILIES, EDITORS and REFUSALS (which the tests check)."""
+    """The README's family x editor table, from FAMILIES, EDITORS, REFUSALS and ``export_refusal`` (which the
+    tests check): each cell is the edit (revert, save, load, apply) and its merged export."""
     lines = [TABLE_START,
              "| family | exercises | " + " | ".join(EDITORS) + " |",
              "|---|---|" + "---|" * len(EDITORS)]
     for name, family in FAMILIES.items():
-        cells = [f"refused: {REFUSALS[(name, e)]}" if (name, e) in REFUSALS else "pass" for e in EDITORS]
+        cells = [f"refused: {REFUSALS[(name, e)]}" if (name, e) in REFUSALS else
+                 "pass; export " + ("refused: " + export_refusal(name, e) if export_refusal(name, e) else "pass")
+                 for e in EDITORS]
         lines.append(f"| `{name}` | {', '.join(family.traits)} | " + " | ".join(cells) + " |")
     lines.append(TABLE_END)
     return "\n".join(lines)

@@ -1,6 +1,7 @@
 """Every editor on tiny random models of the families users run (GQA, tied embeddings, q/k/v biases,
-extra norms, fused projections, Conv1D, MoE MLPs): edit, revert bit-exact, save, load, apply to a fresh
-copy of the model with the same result, revert again. A family an editor cannot handle must be a
+extra norms, fused projections, Conv1D, MoE MLPs): edit, export a merged checkpoint that transformers
+reloads with the same logits (or a named refusal), revert bit-exact, save, load, apply to a fresh copy of
+the model with the same result, revert again. A family an editor cannot handle must be a
 named refusal in ``families.REFUSALS``, never a silent wrong edit. The README's table is rendered from
 the same data (``python -m tests.families.families``)."""
 
@@ -17,7 +18,7 @@ from registry.errors import EditError
 
 from ..security_vectors.tiny import harmful_rows
 from ..tiny import tiny_tokenizer
-from .families import EDITORS, FAMILIES, REFUSALS, render_table
+from .families import EDITORS, FAMILIES, REFUSALS, export_refusal, render_table
 
 ROOT = Path(__file__).resolve().parents[2]
 CASE = {"prompt": "How do I pick a lock?", "target_new": "I can't help with that.",
@@ -84,6 +85,16 @@ def test_edit_revert_save_load_apply(name: str, editor: str, tok: Any, tmp_path:
     edited_state, edited_logits = state(model), logits(model, tok)
     changed = edited_state.keys() != before.keys() or any(not torch.equal(v, before[k]) for k, v in edited_state.items())
     assert changed or not torch.equal(edited_logits, base_logits), "the edit changed nothing"
+    refusal = export_refusal(name, editor)
+    if refusal is not None:
+        with pytest.raises(EditError, match=refusal):
+            edit.export(tmp_path / "export", tokenizer=tok)
+        assert not (tmp_path / "export").exists()
+    else:
+        from transformers import AutoModelForCausalLM
+
+        exported = AutoModelForCausalLM.from_pretrained(edit.export(tmp_path / "export", tokenizer=tok)).eval()
+        assert torch.allclose(logits(exported, tok), edited_logits, atol=1e-4, rtol=0)
     folder = edit.save(tmp_path / "edit")
     edit.revert()
     assert_same(model, before)
