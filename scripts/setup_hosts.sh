@@ -30,13 +30,11 @@ HOST_PACKAGES=(
 OWN_PACKAGES=("setuptools>=77" wheel pluggy pyyaml sentencepiece "safetensors>=0.4" "gguf>=0.10" tqdm packaging "pytest>=8")
 HOST_IMPORT=examples/easyedit_host
 
+# shellcheck source=scripts/stamp.sh
+. scripts/stamp.sh
 stamp="$VENV/.setup-stamp"
-bridge_files=$(find "$HOST_IMPORT" -type f \( -name '*.py' -o -name '*.cfg' -o -name '*.toml' \) \
-               -not -path '*/build/*' -not -path '*.egg-info/*' | LC_ALL=C sort)
-# shellcheck disable=SC2086
-want=$(cat setup.cfg pyproject.toml scripts/setup_hosts.sh $bridge_files | sha256sum | cut -d' ' -f1)
-if [ -x "$VENV/bin/python" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] \
-   && "$VENV/bin/python" -c "import registry, easyedit_host, torch, transformers" 2>/dev/null; then
+want=$(sources_digest "$HOST_IMPORT" setup.cfg pyproject.toml scripts/setup_hosts.sh scripts/stamp.sh)
+if venv_up_to_date "$VENV" "$want" "registry, easyedit_host, torch, transformers"; then
   echo "setup_hosts: already done ($VENV is up to date)"
   exit 0
 fi
