@@ -16,7 +16,7 @@ from typing import Any
 from registry.errors import DetoxError
 from registry.writer import reserve, write_file
 
-from .judges import Judge, is_refusal
+from .judges import GuardJudge, Judge, RefusalJudge, is_refusal
 from .metrics import (
     SAFEEDIT_METRICS,
     distinct_n,
@@ -92,6 +92,10 @@ def summarize(
     }
     if judge.name in JUDGE_NOTES:
         summary["judge_note"] = JUDGE_NOTES[judge.name]
+    if isinstance(judge, RefusalJudge) and judge.opening_words:
+        summary["opening_disagreement"] = judge.disagreement(texts)  # vs the whole-answer substring rule
+    if isinstance(judge, GuardJudge):
+        summary["guard_unparsed"] = judge.unparsed  # answers that read neither safe nor unsafe (scored 0.5)
 
     groups: dict[Any, list[dict[str, Any]]] = {}
     for position, item in enumerate(items):
