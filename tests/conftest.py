@@ -32,6 +32,15 @@ def _one_torch_thread() -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
+@pytest.fixture(autouse=True)
+def _eval_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test's base-model evaluation cache is its own empty folder (the model cache stays shared)."""
+    from detox_plugins.evaluation import cache
+
+    root = tmp_path_factory.mktemp("eval-cache")
+    monkeypatch.setattr(cache, "cache_root", lambda: root)
+
+
 @pytest.fixture
 def editor_registry(monkeypatch: pytest.MonkeyPatch) -> Iterator["object"]:
     """A fresh registry with entry-point autoloading off; tests register plugins in-process."""

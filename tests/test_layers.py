@@ -27,7 +27,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("registry",),
     # detox_plugins: the evaluation layer, the editor plugins, then the commands
     ("detox_plugins", "detox_plugins.data", "detox_plugins.evaluation", "detox_plugins.evaluation.errors"),
-    ("detox_plugins.evaluation.datasets", "detox_plugins.evaluation.generate"),
+    ("detox_plugins.evaluation.cache", "detox_plugins.evaluation.datasets", "detox_plugins.evaluation.generate"),
     ("detox_plugins.evaluation.judges",),
     ("detox_plugins.evaluation.metrics",),
     ("detox_plugins.evaluation.report",),

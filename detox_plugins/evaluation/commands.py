@@ -86,6 +86,8 @@ def add_subcommands(subparsers: Any) -> None:
     p.add_argument("--ppl", action="store_true", help="also score conditional perplexity of the answers")
     p.add_argument("--ppl-model", help="model for --ppl (default: the same model without --edit)")
     p.add_argument("--fluency-tokenizer", choices=FLUENCY_TOKENIZERS, default="regex", help="default: regex")
+    p.add_argument("--no-cache", action="store_true",
+                   help="generate even when $DETOX_CACHE/eval holds this model's answers (used without --edit)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     _add_report_parser(subparsers)
 
@@ -204,26 +206,33 @@ def run_eval(args: argparse.Namespace) -> int:
         "max_input_tokens": args.max_input_tokens,
         **({"temperature": args.temperature, "top_p": args.top_p, "top_k": args.top_k} if args.do_sample else {}),
     }
-    gen_start = time.perf_counter()
-    responses = generate(
-        model,
-        tokenizer,
-        [row["prompt"] for row in rows],
-        temperature=args.temperature,
-        top_p=args.top_p,
-        top_k=args.top_k,
-        use_chat_template=use_chat,
-        system_prompt=args.system_prompt,
-        progress=not args.no_progress,
-        desc=f"generate {dataset['name']}",
-        **{k: v for k, v in decoding.items() if k not in ("temperature", "top_p", "top_k")},
-    )
-    generate_s = time.perf_counter() - gen_start
-    items = make_items(rows, responses)
+    cache_inputs = None
+    if not getattr(args, "no_cache", False) and not applied and not getattr(args, "edit", None):
+        from .cache import model_inputs, rows_digest
 
-    judge_start = time.perf_counter()
-    score_items(items, judge)
-    judge_s = time.perf_counter() - judge_start
+        cache_inputs = {
+            "kind": "eval", "model": model_inputs(model, tokenizer),
+            "dataset": {**dataset, "rows": rows_digest(rows)}, "decoding": decoding,
+            "prompt_format": {"chat_template": chat, "system_prompt": args.system_prompt},
+            "judge": {"spec": args.judge, "options": _judge_options(args.judge_arg), "name": judge.name,
+                      "version": judge.version},
+        }
+    entry = None
+    if cache_inputs is not None:
+        from .cache import load
+
+        entry = load(cache_inputs, n_responses=len(rows))
+        if entry is not None and not isinstance(entry.get("items"), list):
+            entry = None
+    if entry is not None:
+        items, generate_s, judge_s = entry["items"], 0.0, 0.0
+    else:
+        items, generate_s, judge_s = _generate_and_judge(args, model, tokenizer, rows, dataset, judge, decoding,
+                                                         use_chat)
+        if cache_inputs is not None:
+            from .cache import store
+
+            store(cache_inputs, {"responses": _responses(items, len(rows)), "items": items})
     summary = summarize(items, judge, fluency_tokenizer=args.fluency_tokenizer)
     timing = {"load_s": load_s, "generate_s": generate_s, "judge_s": judge_s}
 
@@ -243,10 +252,49 @@ def run_eval(args: argparse.Namespace) -> int:
         edits=list(getattr(args, "edit", None) or []),
         decoding=decoding,
         prompt_format={"chat_template": chat, "system_prompt": args.system_prompt},
+        cache="off" if cache_inputs is None else ("hit" if entry is not None else "miss"),
         timing=timing,
     )
     _report(summary, items, args.json, overwrite=args.overwrite)
     return 0
+
+
+def _responses(items: list[dict[str, Any]], n_rows: int) -> list[Any]:
+    """The responses per prompt row (a list per row where items carry ``sample``)."""
+    if not any("sample" in item for item in items):
+        return [item["response"] for item in items]
+    grouped: list[list[str]] = [[] for _ in range(n_rows)]
+    for item in items:
+        grouped[item["index"]].append(item["response"])
+    return grouped
+
+
+def _generate_and_judge(args: argparse.Namespace, model: Any, tokenizer: Any, rows: list[dict[str, Any]],
+                        dataset: dict[str, str], judge: Any, decoding: dict[str, Any],
+                        use_chat: bool | None) -> tuple[list[dict[str, Any]], float, float]:
+    """Generate and score the items of ``detox eval``: (items, generate seconds, judge seconds)."""
+    from .generate import generate
+
+    gen_start = time.perf_counter()
+    responses = generate(
+        model,
+        tokenizer,
+        [row["prompt"] for row in rows],
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        use_chat_template=use_chat,
+        system_prompt=args.system_prompt,
+        progress=not args.no_progress,
+        desc=f"generate {dataset['name']}",
+        **{k: v for k, v in decoding.items() if k not in ("temperature", "top_p", "top_k")},
+    )
+    generate_s = time.perf_counter() - gen_start
+    items = make_items(rows, responses)
+
+    judge_start = time.perf_counter()
+    score_items(items, judge)
+    return items, generate_s, time.perf_counter() - judge_start
 
 
 def run_report(args: argparse.Namespace) -> int:

@@ -24,6 +24,13 @@ After a configuration has generated everything its edit is reverted, and the mod
 else :class:`~registry.errors.EditError` is raised. Scoring (judges, perplexity) then runs on the
 restored base model. A task whose data package or judge is missing is skipped with the install
 command in ``skipped``; the others still run.
+
+The ``base`` configuration's answers and scores per task are cached (:mod:`.cache`, keyed by the
+model fingerprint, tokenizer, data rows, decoding, judge and scoring settings): a second run with the
+same inputs generates nothing for the base. ``SuiteSettings.use_cache=False`` (``--no-cache``) turns
+this off; each row's ``cache`` says, per task, ``hit``, ``miss`` or ``off``. A base model carrying
+forward hooks (an activation edit given as ``--edit``) is not cached, since hooks are not in the
+fingerprint.
 """
 
 from __future__ import annotations
@@ -88,6 +95,7 @@ class SuiteSettings:
     seed: int = 16
     ppl: bool = True
     fluency_tokenizer: str = "regex"
+    use_cache: bool = True
     sources: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_SOURCES))
 
     def __post_init__(self) -> None:
@@ -299,17 +307,36 @@ def _judges(tasks: Sequence[str], skipped: dict[str, str]) -> dict[str, Any]:
     return judges
 
 
+def _decoding(task: str, s: SuiteSettings) -> dict[str, Any]:
+    """The generation settings of one task (also part of its cache key)."""
+    if task == "rtp":
+        return dict(max_new_tokens=s.rtp_max_new_tokens, do_sample=True, top_p=s.top_p, top_k=0, temperature=1.0,
+                    num_samples=s.rtp_samples, seed=s.seed, use_chat_template=False, batch_size=s.rtp_batch_size)
+    tokens = {"harmbench": s.harmful_max_new_tokens, "donotanswer": s.harmful_max_new_tokens,
+              "benign": s.benign_max_new_tokens, "gsm8k": s.gsm8k_max_new_tokens}[task]
+    return dict(max_new_tokens=tokens, batch_size=s.batch_size)
+
+
 def _generate(task: str, model: Any, tokenizer: Any, prompts: list[str], s: SuiteSettings) -> list[Any]:
     from .generate import generate
 
-    common = dict(progress=False, desc=task)
+    return generate(model, tokenizer, prompts, progress=False, desc=task, **_decoding(task, s))
+
+
+def _cache_inputs(task: str, model_inputs: dict[str, Any], rows: list[dict[str, Any]], judges: dict[str, Any],
+                  s: SuiteSettings) -> dict[str, Any]:
+    """Everything that decides one base task's answers and scores: its cache key's inputs."""
+    from .cache import rows_digest
+    from .datasets import describe_dataset
+
+    judge = judges["profanity" if task == "rtp" else "refusal"]
+    scoring: dict[str, Any] = {"fluency_tokenizer": s.fluency_tokenizer}
     if task == "rtp":
-        return generate(model, tokenizer, prompts, max_new_tokens=s.rtp_max_new_tokens, do_sample=True,
-                        top_p=s.top_p, top_k=0, temperature=1.0, num_samples=s.rtp_samples, seed=s.seed,
-                        use_chat_template=False, batch_size=s.rtp_batch_size, **common)
-    tokens = {"harmbench": s.harmful_max_new_tokens, "donotanswer": s.harmful_max_new_tokens,
-              "benign": s.benign_max_new_tokens, "gsm8k": s.gsm8k_max_new_tokens}[task]
-    return generate(model, tokenizer, prompts, max_new_tokens=tokens, batch_size=s.batch_size, **common)
+        scoring["ppl"] = s.ppl
+    return {"kind": "suite", "task": task, "model": model_inputs,
+            "dataset": {**describe_dataset(s.sources[task]), "rows": rows_digest(rows)},
+            "decoding": _decoding(task, s), "judge": {"name": judge.name, "version": judge.version},
+            "scoring": scoring}
 
 
 def _score(task: str, config: str, model: Any, tokenizer: Any, rows: list[dict[str, Any]], responses: list[Any],
@@ -422,12 +449,24 @@ def run_suite(
     base_state = model_state(model)
     result = SuiteResult(settings=settings, meta=_meta(model, base_state[0], judges, settings, tasks, model_label),
                          skipped=skipped)
+    cache_inputs: dict[str, dict[str, Any]] = {}
+    if settings.use_cache and any(c.edit is None for c in configs):
+        if base_state[1]:
+            logger.warning("not caching the base model's answers: it carries %d forward hook(s), which the "
+                           "fingerprint does not identify", base_state[1])
+        else:
+            from .cache import model_inputs
+
+            described = model_inputs(model, tokenizer, base_state[0])
+            cache_inputs = {t: _cache_inputs(t, described, task_rows[t], judges, settings) for t in tasks}
     bar = tqdm(total=len(configs) * len(tasks), desc="quality", unit="task", disable=not progress)
     try:
         for config in configs:
             start = time.perf_counter()
             timing: dict[str, float] = {}
             responses: dict[str, list[Any]] = {}
+            cached: dict[str, dict[str, Any]] = {}
+            cache_state = {t: "off" for t in tasks}
             edit = None
             editor = None
             if config.edit is not None:
@@ -438,6 +477,18 @@ def run_suite(
             try:
                 for task in tasks:
                     bar.set_description(f"quality: {config.name} / {task}")
+                    if config.edit is None and task in cache_inputs:
+                        from .cache import load
+
+                        entry = load(cache_inputs[task], n_responses=len(task_rows[task]))
+                        cache_state[task] = "miss" if entry is None else "hit"
+                        if entry is not None and isinstance(entry.get("items"), list) and \
+                                isinstance(entry.get("metrics"), dict):
+                            cached[task] = entry
+                            responses[task] = entry["responses"]
+                            bar.update(1)
+                            continue
+                        cache_state[task] = "miss"
                     t0 = time.perf_counter()
                     responses[task] = _generate(task, model, tokenizer, [r["prompt"] for r in task_rows[task]],
                                                 settings)
@@ -456,8 +507,18 @@ def run_suite(
             t0 = time.perf_counter()
             ppl_total = 0.0
             for task in tasks:
-                task_metrics, items, ppl_s = _score(task, config.name, model, tokenizer, task_rows[task],
-                                                    responses[task], judges, settings)
+                if task in cached:
+                    task_metrics, items, ppl_s = cached[task]["metrics"], cached[task]["items"], 0.0
+                    for item in items:
+                        item["config"] = config.name
+                else:
+                    task_metrics, items, ppl_s = _score(task, config.name, model, tokenizer, task_rows[task],
+                                                        responses[task], judges, settings)
+                    if cache_state[task] == "miss":
+                        from .cache import store
+
+                        store(cache_inputs[task], {"responses": responses[task], "metrics": task_metrics,
+                                                   "items": items})
                 metrics.update(task_metrics)
                 result.items.extend(items)
                 ppl_total += ppl_s
@@ -467,7 +528,7 @@ def run_suite(
             timing["total_s"] = time.perf_counter() - start
             result.rows.append({"config": config.name, "edit": config.edit, "editor": editor,
                                 "metrics": metrics, "timing": {k: round(v, 2) for k, v in timing.items()},
-                                "restored": True})
+                                "restored": True, "cache": cache_state})
             logger.info("%s: %s", config.name, json.dumps(_json_safe(metrics)))
             if on_config is not None:
                 on_config(result)
@@ -510,11 +571,13 @@ def add_suite_arguments(parser: argparse.ArgumentParser) -> None:
                        help=f"sequences per RTP sampling batch (default {defaults.rtp_batch_size})")
     group.add_argument("--seed", type=int, default=defaults.seed, help=f"RTP sampling seed (default {defaults.seed})")
     group.add_argument("--no-ppl", action="store_true", help="skip the RTP perplexity")
+    group.add_argument("--no-cache", action="store_true",
+                       help="generate the base model's answers even when $DETOX_CACHE/eval holds them")
 
 
 def settings_from_args(args: argparse.Namespace) -> SuiteSettings:
     """The :class:`SuiteSettings` of parsed :func:`add_suite_arguments` flags."""
-    names = {f.name for f in fields(SuiteSettings)} - {"ppl", "sources", "fluency_tokenizer", "top_p"}
+    names = {f.name for f in fields(SuiteSettings)} - {"ppl", "sources", "fluency_tokenizer", "top_p", "use_cache"}
     values = {name: getattr(args, name) for name in names if hasattr(args, name)}
     sources = {}
     for spec in getattr(args, "source", None) or []:
@@ -522,7 +585,8 @@ def settings_from_args(args: argparse.Namespace) -> SuiteSettings:
         if not sep or not task.strip() or not source.strip():
             raise DetoxError(f"--source must look like TASK=NAME_OR_FILE (e.g. benign=my.jsonl), got {spec!r}")
         sources[task.strip()] = source.strip()
-    return SuiteSettings(**values, sources=sources, ppl=not getattr(args, "no_ppl", False))
+    return SuiteSettings(**values, sources=sources, ppl=not getattr(args, "no_ppl", False),
+                         use_cache=not getattr(args, "no_cache", False))
 
 
 def print_result(result: SuiteResult) -> None:
