@@ -14,7 +14,7 @@ import os
 import threading
 from dataclasses import dataclass, field
 from importlib.metadata import EntryPoint, entry_points
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import pluggy
 
@@ -208,16 +208,31 @@ class EditorRegistry:
         if self.tracing:
             logger.info("trace: " + message, *args)
 
-    def _call_each(self, hook_name: str, make_register: Any, on_done: Any, failures: dict[str, "EditorInfo"]) -> None:
+    def _call_each(self, hook_name: str, entries: Callable[[Any, str, str, str], list[tuple[str, Any]]],
+                   clash: Callable[[str, Any, str], str], failures: dict[str, "EditorInfo"]) -> dict[str, Any]:
         """Call every plugin's ``hook_name(register=...)`` on its own, so one failure cannot abort the
-        others (registration order: first wins); ``on_done(plugin)`` commits what a plugin staged."""
+        others; return the table of what they registered (registration order: first wins).
+
+        ``entries(obj, plugin, dist, version)`` validates one registered object into ``(key, info)``
+        rows; a key already taken raises ``clash(key, owner, dist)``. A plugin's rows count only when
+        its hook returns: a plugin that fails half-way registers nothing."""
+        table: dict[str, Any] = {}
         for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
             plugin_name = impl.plugin_name
             dist, version = self._origins.get(plugin_name, (IN_PROCESS, ""))
+            mine: dict[str, Any] = {}
+
+            def register(obj: Any, _plugin: str = plugin_name, _dist: str = dist, _version: str = version,
+                         _mine: dict[str, Any] = mine) -> None:
+                for key, info in entries(obj, _plugin, _dist, _version):
+                    owner = table.get(key) or _mine.get(key)
+                    if owner is not None:
+                        raise PluginError(clash(key, owner, _dist))
+                    _mine[key] = info
+
             self._trace("calling %s of plugin %r (%s %s)", hook_name, plugin_name, dist, version)
             try:
-                impl.function(**{name: make_register(plugin_name, dist, version) for name in impl.argnames
-                                 if name == "register"})
+                impl.function(**{name: register for name in impl.argnames if name == "register"})
             except Exception as exc:
                 self._trace("%s of plugin %r failed: %s", hook_name, plugin_name, _one_line(exc))
                 if self.strict:
@@ -231,7 +246,8 @@ class EditorRegistry:
                 )
                 continue
             self._trace("%s of plugin %r returned", hook_name, plugin_name)
-            on_done(plugin_name)
+            table.update(mine)
+        return table
 
     def _record_origins(self, _editor_class: type) -> None:
         """Build the editor table (which records every registered class's origin), unless building it."""
@@ -246,33 +262,20 @@ class EditorRegistry:
             self._collecting = False
 
     def _collect_editors(self) -> tuple[dict[str, EditorInfo], dict[str, EditorInfo]]:
-        table: dict[str, EditorInfo] = {}
         failures: dict[str, EditorInfo] = {}
-        staged: dict[str, dict[str, EditorInfo]] = {}
 
-        def make_register(plugin: str, dist: str, version: str) -> Any:
-            mine = staged.setdefault(plugin, {})
+        def entries(editor_class: Any, plugin: str, dist: str, version: str) -> list[tuple[str, EditorInfo]]:
+            info = _validate_editor(editor_class, dist, version, plugin)
+            self._trace("plugin %r registers editor %r", plugin, info.name)
+            return [(key.lower(), info) for key in (info.name, *info.aliases)]
 
-            def register(editor_class: Any) -> None:
-                info = _validate_editor(editor_class, dist, version, plugin)
-                self._trace("plugin %r registers editor %r", plugin, info.name)
-                for key in (info.name, *info.aliases):
-                    key = key.lower()
-                    owner = table.get(key) or mine.get(key)
-                    if owner is not None:
-                        raise PluginError(
-                            f"Editor {key!r} from {dist} is already registered by {owner.distribution} "
-                            f"(plugin {owner.plugin!r}); rename it or drop the alias."
-                        )
-                    mine[key] = info
-            return register
+        def clash(key: str, owner: EditorInfo, dist: str) -> str:
+            return (f"Editor {key!r} from {dist} is already registered by {owner.distribution} "
+                    f"(plugin {owner.plugin!r}); rename it or drop the alias.")
 
-        def commit(plugin: str) -> None:
-            for info in staged.get(plugin, {}).values():
-                record_origin(info.editor_class, info.distribution, info.version)
-            table.update(staged.get(plugin, {}))
-
-        self._call_each("register_editors", make_register, commit, failures)
+        table = self._call_each("register_editors", entries, clash, failures)
+        for info in table.values():
+            record_origin(info.editor_class, info.distribution, info.version)
         return table, failures
 
     # ------------------------------------------------------------------ commands
@@ -285,28 +288,21 @@ class EditorRegistry:
             return self._commands
 
     def _collect_commands(self) -> tuple[dict[str, "CommandInfo"], dict[str, EditorInfo]]:
-        table: dict[str, CommandInfo] = {}
         failures: dict[str, EditorInfo] = {}
-        staged: dict[str, dict[str, CommandInfo]] = {}
 
-        def make_register(plugin: str, dist: str, version: str) -> Any:
-            mine = staged.setdefault(plugin, {})
+        def entries(command: Any, plugin: str, dist: str, version: str) -> list[tuple[str, CommandInfo]]:
+            if not isinstance(command, Command):
+                raise PluginError(f"register() got {command!r}, which is not a registry.Command")
+            command.validate()
+            self._trace("plugin %r registers command %r", plugin, command.name)
+            if command.name in RESERVED_COMMANDS:
+                raise PluginError(f"command {command.name!r} from {dist} is already provided by the host; rename it")
+            return [(command.name, CommandInfo(command, dist, version, plugin))]
 
-            def register(command: Any) -> None:
-                if not isinstance(command, Command):
-                    raise PluginError(f"register() got {command!r}, which is not a registry.Command")
-                command.validate()
-                self._trace("plugin %r registers command %r", plugin, command.name)
-                owner = table.get(command.name) or mine.get(command.name)
-                if owner is not None or command.name in RESERVED_COMMANDS:
-                    who = owner.distribution if owner is not None else "the host"
-                    raise PluginError(f"command {command.name!r} from {dist} is already provided by {who}; "
-                                      f"rename it")
-                mine[command.name] = CommandInfo(command, dist, version, plugin)
-            return register
+        def clash(key: str, owner: CommandInfo, dist: str) -> str:
+            return f"command {key!r} from {dist} is already provided by {owner.distribution}; rename it"
 
-        self._call_each("register_commands", make_register, lambda p: table.update(staged.get(p, {})), failures)
-        return table, failures
+        return self._call_each("register_commands", entries, clash, failures), failures
 
     def failures(self) -> list[EditorInfo]:
         """Plugins that failed to load, to register their editors, or to register their commands."""
