@@ -164,10 +164,10 @@ def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
             raise HyperParamsError(f"--set takes KEY=VALUE (e.g. --set num_steps=5), got {pair!r}")
         try:
             value = safeyaml.load(raw, f"--set {key.strip()}") if raw.strip() else raw
-        except HyperParamsError as exc:
-            if "YAML aliases" in str(exc) or "expands to" in str(exc) or "recursive alias" in str(exc):
-                raise
-            value = raw
+        except safeyaml.YAMLRefusedError:
+            raise  # an alias bomb or a duplicate key is refused, never taken as text
+        except HyperParamsError:
+            value = raw  # not YAML (e.g. a path with a colon): the text as given
         node = changes
         *parents, leaf = key.strip().split(".")
         for part in parents:

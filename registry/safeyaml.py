@@ -21,8 +21,13 @@ MAX_NODES = 100_000
 MERGE_TAG = "tag:yaml.org,2002:merge"
 
 
+class YAMLRefusedError(HyperParamsError):
+    """Well-formed YAML that is refused: too many aliases, an expansion past the bound, a recursive alias,
+    a duplicate key. Unlike a syntax error it is never read as plain text instead (``detox edit --set``)."""
+
+
 class BoundedSafeLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` with alias and size bounds and duplicate-key refusal."""
+    """``yaml.SafeLoader`` with alias and size bounds and duplicate-key refusal (``YAMLRefusedError``)."""
 
     def __init__(self, stream: Any, source: str = "<yaml>") -> None:
         super().__init__(stream)
@@ -35,12 +40,12 @@ class BoundedSafeLoader(yaml.SafeLoader):
             event = self.peek_event()
             self._aliases += 1
             if self._aliases > MAX_ALIASES:
-                raise HyperParamsError(
+                raise YAMLRefusedError(
                     f"{self.source} line {event.start_mark.line + 1}: more than {MAX_ALIASES} YAML aliases (*name); "
                     f"write the values out instead of repeating anchors")
             node = super().compose_node(parent, index)
             if id(node) not in self._sizes:
-                raise HyperParamsError(
+                raise YAMLRefusedError(
                     f"{self.source} line {event.start_mark.line + 1}: alias *{shown(event.anchor, 40)} refers to "
                     f"the node that contains it (a recursive alias); remove it")
             return node
@@ -54,7 +59,7 @@ class BoundedSafeLoader(yaml.SafeLoader):
         else:  # pragma: no cover - PyYAML has only these three
             size = 1
         if size > MAX_NODES:
-            raise HyperParamsError(
+            raise YAMLRefusedError(
                 f"{self.source} line {node.start_mark.line + 1}: the document expands to more than {MAX_NODES} "
                 f"values (YAML anchors and aliases); write it out without repeated aliases")
         self._sizes[id(node)] = size
@@ -69,7 +74,7 @@ class BoundedSafeLoader(yaml.SafeLoader):
                 key = (key_node.tag, key_node.value)
                 line = key_node.start_mark.line + 1
                 if key in seen:
-                    raise HyperParamsError(
+                    raise YAMLRefusedError(
                         f"{self.source} line {line}: duplicate key {shown(key_node.value, 60)} (first given on "
                         f"line {seen[key]}); keep one of them")
                 seen[key] = line

@@ -60,6 +60,18 @@ def test_duplicate_keys_in_a_pipeline_are_refused(tmp_path):
         load_pipeline(path)
 
 
+def test_set_values_refuse_duplicate_keys_and_alias_bombs_but_keep_plain_text():
+    """`detox edit --set`: a VALUE that is not YAML is taken as text; refused YAML is never taken as text."""
+    from detox_plugins.cli import parse_overrides
+
+    with pytest.raises(safeyaml.YAMLRefusedError, match=r"--set pairs line 1: duplicate key 'num_pairs'"):
+        parse_overrides(["pairs={num_pairs: 3, num_pairs: 4}"])
+    with pytest.raises(safeyaml.YAMLRefusedError, match="YAML aliases|expands to"):
+        parse_overrides(["alpha={" + ", ".join(bomb(9).splitlines()) + "}"])  # the bomb as one flow mapping
+    assert parse_overrides(["suffix_system_prompt=Note: answer: briefly", "pairs.num_pairs=5"]) == {
+        "suffix_system_prompt": "Note: answer: briefly", "pairs": {"num_pairs": 5}}  # not YAML: the text
+
+
 def test_a_value_in_an_error_is_cut(tmp_path):
     path = tmp_path / "hp.yaml"
     path.write_text("alg_name: DINM\nnum_steps: '" + "9x" * 5000 + "'\n")
