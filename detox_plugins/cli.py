@@ -187,19 +187,22 @@ def hparams_with_overrides(name: str, pairs: Sequence[str]) -> HyperParams:
     return type(hparams).from_dict(deep_merge(hparams.to_dict(), changes), source=f"{name} + --set")
 
 
+def given_inputs(args: argparse.Namespace) -> dict[str, tuple[InputField, Any]]:
+    """The editor-input flags given on the command line: key -> (the flag's field, its value)."""
+    given = {}
+    for key, owners in editor_inputs().items():
+        value = getattr(args, input_dest(owners[0][1]), None)
+        if value is not None:
+            given[key] = (owners[0][1], value)
+    return given
+
+
 def chosen_inputs(args: argparse.Namespace, editor_class: type) -> dict[str, Any]:
     """The editor's input values given on the command line; a flag only other editors read is refused."""
     mine = {field.key for field in editor_class.inputs}
-    values: dict[str, Any] = {}
-    foreign = []
-    for key, owners in editor_inputs().items():
-        value = getattr(args, input_dest(owners[0][1]), None)
-        if value is None:
-            continue
-        if key in mine:
-            values[key] = value
-        else:
-            foreign.append(owners[0][1].flag)
+    given = given_inputs(args)
+    values = {key: value for key, (_, value) in given.items() if key in mine}
+    foreign = [field.flag for key, (field, _) in given.items() if key not in mine]
     if foreign:
         takes = ", ".join(f.flag for f in editor_class.inputs if f.key not in EDIT_FLAGS) or "no input flags"
         raise DetoxError(f"{', '.join(foreign)} {'is' if len(foreign) == 1 else 'are'} not an input of "
@@ -292,8 +295,7 @@ def cmd_edit_pipeline(args: argparse.Namespace) -> int:
     if args.set:
         raise DetoxError("--set changes one editor's hparams; in a pipeline, put the changes in the step's "
                          "'override:' mapping")
-    foreign = [owners[0][1].flag for owners in editor_inputs().values()
-               if getattr(args, input_dest(owners[0][1]), None) is not None]
+    foreign = [field.flag for field, _ in given_inputs(args).values()]
     if foreign:
         raise DetoxError(f"{', '.join(foreign)}: a pipeline's steps carry their own inputs; put them in the "
                          f"pipeline file")

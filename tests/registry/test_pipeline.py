@@ -466,6 +466,21 @@ def test_cli_rejects_a_conflicting_pipeline_before_loading_anything_else(reg, mo
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.parametrize("extra,fragment", [
+    (["--set", "alpha=0.5"], "--set changes one editor's hparams; in a pipeline, put the changes in the step's"),
+    (["--pairs", "p.jsonl"], "--pairs: a pipeline's steps carry their own inputs"),
+])
+def test_cli_refuses_single_editor_flags_with_a_pipeline(reg, tmp_path, capsys, extra, fragment):
+    from detox_plugins.cli import main
+
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump({"steps": [{"hparams": destein(), "pairs": PAIRS}]}))
+    assert main(["edit", "--pipeline", str(path), "--out", str(tmp_path / "x"), *extra]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and fragment in err[0]
+    assert not (tmp_path / "x").exists()
+
+
 def test_cli_checks_a_pipeline_against_the_edits_applied_first(reg, model_folder, tmp_path, capsys):
     from detox_plugins.cli import main
 
