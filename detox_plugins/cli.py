@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from registry.catalog import from_hparams, resolve_hparams_path, shipped_hparams
-from registry.commandline import add_model_arguments, check_max_new_tokens_arg, check_new_output, load_model_from_args
+from registry.commandline import (MODEL_FLAGS, add_model_arguments, check_max_new_tokens_arg, check_new_output,
+                                  load_model_from_args)
 from registry.compose import ComposedEdit, StepFootprint, applied_footprints, describe_edit, raise_on_conflicts
 from registry.errors import DetoxError, HyperParamsError
 from registry.fingerprint import model_fingerprint
@@ -119,8 +120,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------- edit (any registered editor)
 #: Flags of `detox edit` itself; an editor input with one of these keys cannot become a flag.
-EDIT_FLAGS = frozenset({"model", "hparams", "dtype", "device", "edit", "force", "pipeline", "out", "json",
-                        "overwrite", "quiet", "set", "help", "debug", "verbose"})
+EDIT_FLAGS = frozenset({*MODEL_FLAGS, "pipeline", "out", "json", "overwrite", "quiet", "set", "help", "debug",
+                        "verbose"})
 
 
 def input_dest(field: InputField) -> str:

@@ -24,6 +24,7 @@ from .saved import load_edit
 
 logger = logging.getLogger(__name__)
 
+#: The flags ``add_model_arguments`` adds (on `detox edit` no editor input may take their names).
 MODEL_FLAGS = ("model", "hparams", "dtype", "device", "edit", "force")
 
 

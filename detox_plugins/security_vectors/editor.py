@@ -198,11 +198,6 @@ class StepInputs:
     vector: Optional[str] = None  # finetune: "train", a saved vector folder, or None (plain fine-tune)
 
 
-def _linear_modules(model: Any, target_modules: Sequence[str]) -> list[str]:
-    """The linear modules a LoRA with ``target_modules`` wraps (peft's suffix match)."""
-    return adapters.matching_modules(model, target_modules)
-
-
 # ---------------------------------------------------------------------- the editor
 class SecurityVectorEditor(Editor):
     """Security vectors (arXiv 2311.02105): a frozen LoRA that makes harmful fine-tuning unlearnable."""
@@ -273,10 +268,10 @@ class SecurityVectorEditor(Editor):
         """Adapters wrap their target modules; merged or full fine-tunes write weights."""
         hp = self.hparams
         if not isinstance(inputs, StepInputs) or inputs.action == "vector":
-            return Footprint.of(wraps=_linear_modules(model, hp.sv_lora.target_modules))
+            return Footprint.of(wraps=adapters.matching_modules(model, hp.sv_lora.target_modules))
         if hp.user_mode == "full":
             return Footprint.of(writes=[n for n, _ in model.named_parameters()], additive=True, exact=False)
-        modules = _linear_modules(model, hp.user_lora.target_modules)
+        modules = adapters.matching_modules(model, hp.user_lora.target_modules)
         if hp.export == "merged":
             return Footprint.of(writes=[f"{m}.weight" for m in modules], additive=True)
         return Footprint.of(wraps=modules)
