@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence
 
-from .errors import EditError
+from .errors import HyperParamsError
 
 
 @dataclass(frozen=True)
@@ -51,14 +51,15 @@ REQUESTS_INPUT = InputField(
 
 def check_input_keys(values: Mapping[str, Any], fields: Sequence[InputField], *, where: str,
                      editor: str, also: Sequence[str] = ()) -> None:
-    """Raise EditError for a key no field (nor ``also``) declares, naming the closest one."""
+    """Raise HyperParamsError (a key of a file is wrong, like an hparams key) for a key no field (nor
+    ``also``) declares, naming the closest one."""
     known = [f.key for f in fields] + list(also)
     for key in values:
         if not isinstance(key, str) or key not in known:
             close = difflib.get_close_matches(str(key), known, n=1, cutoff=0.5)
             hint = f"did you mean {close[0]!r}?" if close else f"valid keys: {', '.join(sorted(known))}."
-            raise EditError(f"{where}: unknown key {key!r} for a {editor} step; {hint} Remove or rename it "
-                            f"({editor} steps take: {', '.join(sorted(known))}).")
+            raise HyperParamsError(f"{where}: unknown key {key!r} for a {editor} step; {hint} Remove or rename "
+                                   f"it ({editor} steps take: {', '.join(sorted(known))}).")
 
 
 def resolve_input_path(value: Any, base_dir: Optional[Path]) -> Any:

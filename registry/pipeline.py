@@ -41,7 +41,7 @@ from .editor import Editor
 from .edits import Edit
 from .errors import DetoxError, EditError, HyperParamsError
 from .hparams import HyperParams, deep_merge, read_hparams_file
-from .inputs import check_input_keys, resolve_input_paths
+from .inputs import check_input_keys, resolve_input_path, resolve_input_paths
 from .models import load_model
 from .plugins import get_editor
 
@@ -174,10 +174,7 @@ def prepare_step(spec: Any, index: int, *, source: str = "<pipeline>", base_dir:
         raise HyperParamsError(f"{where}: 'name' must be a string, got {label!r}")
     context = f"{where} ({label or editor_class.name})"
     label = label or f"step {index + 1} ({editor_class.name})"
-    try:
-        check_input_keys(spec, editor_class.inputs, where=where, editor=editor_class.name, also=list(STEP_KEYS))
-    except EditError as exc:
-        raise HyperParamsError(str(exc)) from None
+    check_input_keys(spec, editor_class.inputs, where=where, editor=editor_class.name, also=list(STEP_KEYS))
     inputs_spec = {k: v for k, v in spec.items() if k not in STEP_KEYS}
     editor = editor_class(hparams)
     try:
@@ -195,16 +192,6 @@ def _with_context(exc: DetoxError, where: str) -> DetoxError:
         return exc
 
 
-def _relative_to(value: Union[str, Path], base_dir: Optional[Path]) -> Union[str, Path]:
-    """A relative hparams path resolved against the pipeline file's folder when it exists there."""
-    if base_dir is None:
-        return value
-    path = Path(value).expanduser()
-    if not path.is_absolute() and (base_dir / path).exists():
-        return base_dir / path
-    return value
-
-
 def _step_hparams(value: Any, override: Mapping[str, Any], where: str, base_dir: Optional[Path]
                   ) -> tuple[type, HyperParams, str]:
     """(editor class, validated hparams with the override merged in, a label of their source)."""
@@ -216,7 +203,7 @@ def _step_hparams(value: Any, override: Mapping[str, Any], where: str, base_dir:
     elif isinstance(value, (str, Path)):
         label = str(value)
         try:
-            raw = read_hparams_file(resolve_hparams_path(_relative_to(value, base_dir)))
+            raw = read_hparams_file(resolve_hparams_path(resolve_input_path(value, base_dir)))
         except DetoxError as exc:
             raise _with_context(exc, where) from None
     else:
