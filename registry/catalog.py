@@ -47,17 +47,12 @@ def shipped_hparams() -> dict[str, Path]:
 
 def resolve_hparams_path(path_or_name: Union[str, Path]) -> Path:
     """A user file (suffix optional) first, then a shipped name such as ``DINM/smollm2-135m``."""
-    if not str(path_or_name).strip() or _user_file(path_or_name):
-        return _resolve_in(path_or_name)  # a file needs no plugins loaded
-    return _resolve_in(path_or_name, shipped_hparams())
-
-
-def _user_file(path_or_name: Union[str, Path]) -> bool:
     try:
-        _resolve_in(path_or_name)
+        return _resolve_in(path_or_name)  # a file needs no plugins loaded
     except HyperParamsError:
-        return False
-    return True
+        if not str(path_or_name).strip():
+            raise  # the empty name: nothing to look up
+    return _resolve_in(path_or_name, shipped_hparams())
 
 
 def from_hparams(path_or_name: Union[str, Path]) -> HyperParams:
