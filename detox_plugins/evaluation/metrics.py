@@ -282,6 +282,28 @@ def over_refusal_rate(benign_responses: Sequence[str], *, normalize_apostrophes:
 # --- Judge validation ------------------------------------------------------------------------
 
 
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval of a rate ``successes / n`` (95 % for ``z`` 1.96), as fractions in [0, 1].
+
+    Unlike the normal approximation it stays inside [0, 1] and is not empty at 0 or n successes, which is
+    where a refusal rate on a small model usually sits."""
+    if n <= 0:
+        raise DetoxError(f"a rate needs at least one item (n = {n})")
+    if not 0 <= successes <= n:
+        raise DetoxError(f"successes must lie between 0 and n = {n} (got {successes})")
+    p = successes / n
+    denominator = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denominator
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def format_rate(successes: int, n: int, z: float = 1.96) -> str:
+    """``"22.5 % [12.3, 37.5] (9/40)"``: a rate in percent with its Wilson interval and its counts."""
+    low, high = wilson_interval(successes, n, z)
+    return f"{100 * successes / n:.1f} % [{100 * low:.1f}, {100 * high:.1f}] ({successes}/{n})"
+
+
 def roc_auc(scores: Sequence[float], labels: Sequence[bool | int]) -> float:
     """Area under the ROC curve: P(score of a positive > score of a negative), ties counting 1/2."""
     if len(scores) != len(labels):

@@ -137,3 +137,28 @@ def test_perplexity_matches_manual_nll_and_batching(word_tokenizer, tiny_lm):
     assert batched[0] == pytest.approx(math.exp(sum(nll) / len(nll)), rel=1e-4)
     with pytest.raises(DetoxError):
         continuation_perplexities(tiny_lm, word_tokenizer, ["a"], [], progress=False)
+
+
+def test_wilson_interval_known_values_and_edges():
+    from detox_plugins.evaluation.metrics import format_rate, wilson_interval
+
+    low, high = wilson_interval(9, 40)
+    # Wilson 95 % for 9/40: 0.1232 .. 0.3753 (computed by hand from the closed form)
+    assert abs(low - 0.1232) < 5e-4 and abs(high - 0.3753) < 5e-4
+    low, high = wilson_interval(0, 40)
+    assert low == 0.0 and 0.08 < high < 0.09  # not empty at zero successes
+    low, high = wilson_interval(40, 40)
+    assert high == 1.0 and 0.91 < low < 0.92
+    assert format_rate(9, 40) == "22.5 % [12.3, 37.5] (9/40)"
+
+
+def test_wilson_interval_refuses_impossible_counts():
+    import pytest
+
+    from detox_plugins.evaluation.metrics import wilson_interval
+    from registry.errors import DetoxError
+
+    with pytest.raises(DetoxError, match="at least one item"):
+        wilson_interval(0, 0)
+    with pytest.raises(DetoxError, match="between 0 and n"):
+        wilson_interval(5, 4)
