@@ -2,8 +2,9 @@
 EasyEdit's ``layer_stats`` reads them, so ROME (``mom2_adjustment: true``) and MEMIT never download a corpus.
 
 EasyEdit's layout: ``<stats_dir>/<model folder name>/<mom2_dataset>_stats/<module>_<mom2_dtype>_mom2_<mom2_n_samples>.npz``
-holding ``mom2`` (the sum of x xᵀ over every token), ``count`` (tokens), ``sample_size`` (texts) and ``constructor``.
-EasyEdit divides ``mom2`` by ``count``; it reloads the file only when ``sample_size`` equals ``mom2_n_samples``.
+holding, under the ``mom2.`` prefix of its combined statistic, ``mom2`` (the sum of x xᵀ over every token),
+``count`` (tokens) and ``constructor``, and ``sample_size`` (texts). EasyEdit divides ``mom2`` by ``count``; it
+reloads the file only when ``sample_size`` equals ``mom2_n_samples``.
 
 The default text is the docstrings of this Python's standard library (read with ``ast``, nothing imported):
 English prose that every installation has. Pass your own texts (a file, one per line or paragraph) for a
@@ -31,6 +32,7 @@ TEXT_TOKENS = 128
 MIN_WORDS = 8
 #: Parts of the standard library that are not its prose (tests, demos) or differ per installation.
 SKIPPED_FOLDERS = ("test", "idlelib", "turtledemo", "site-packages", "dist-packages", "lib2to3")
+PREFIX = "mom2."  # EasyEdit keeps the second moment inside a combined statistic under this key prefix
 STATS_COMMAND = "detox easyedit-stats --hparams <these {alg} hparams>"
 
 
@@ -57,7 +59,7 @@ def stats_problem(path: Path, hparams: KeyValueHyperParams, width: int) -> Optio
         return "is missing"
     try:
         with numpy.load(path) as data:
-            samples, shape = int(data["sample_size"]), tuple(data["mom2"].shape)
+            samples, shape = int(data["sample_size"]), tuple(data[f"{PREFIX}mom2"].shape)
     except (OSError, ValueError, KeyError) as exc:
         return f"cannot be read ({' '.join(str(exc).split())[:120]})"
     if samples != hparams.mom2_n_samples:
@@ -168,9 +170,9 @@ def write_stats(model: Any, tokenizer: Any, hparams: KeyValueHyperParams, texts:
     written = []
     for layer in layers:
         buffer = io.BytesIO()
-        numpy.savez(buffer, constructor=numpy.array("easyeditor.util.runningstats.SecondMoment()"),
-                    count=numpy.array(tokens), sample_size=numpy.array(wanted),
-                    mom2=sums[layer].to(getattr(torch, hparams.mom2_dtype)).numpy())
+        numpy.savez(buffer, **{f"{PREFIX}constructor": numpy.array("easyeditor.util.runningstats.SecondMoment()"),
+                               f"{PREFIX}count": numpy.array(tokens), "sample_size": numpy.array(wanted),
+                               f"{PREFIX}mom2": sums[layer].to(getattr(torch, hparams.mom2_dtype)).numpy()})
         paths[layer].parent.mkdir(parents=True, exist_ok=True)
         written.append(write_file(paths[layer], buffer.getvalue(), overwrite=overwrite, what="stats file"))
         logger.info("wrote the second moment of %s over %d texts (%d tokens) to %s",
