@@ -15,7 +15,7 @@ PACKAGES = ("registry", "detox_plugins")
 LAYERS: list[tuple[str, ...]] = [
     # registry: the host library
     ("registry.errors", "registry.hookspecs", "registry.fingerprint", "registry.origins", "registry.footprint"),
-    ("registry.limits", "registry.safeyaml", "registry.integrity", "registry.writer"),
+    ("registry.limits", "registry.safeyaml", "registry.integrity", "registry.writer", "registry.gguf_tokenizer"),
     ("registry.hparams", "registry.requests", "registry.inputs", "registry.command", "registry.checkpoint"),
     ("registry.edits", "registry.models"),
     ("registry.editor",),
