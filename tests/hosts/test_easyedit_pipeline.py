@@ -1,7 +1,8 @@
-"""The shipped pipeline rome-dinm-destein on the embedded SmolLM2-135M-Instruct: EasyEdit's own ROME (through the
-reverse bridge) writes a fictional fact, DINM detoxifies on SafeEdit sample case 0, DeStein steers. After the
-whole pipeline the fact is recalled and the case's harmful prompt is refused; the composed edit reverts bit for
-bit, saves, and replays on a freshly loaded model to the same weights."""
+"""The shipped pipeline destein-rome-dinm on the embedded SmolLM2-135M-Instruct: DeStein steers, EasyEdit's own ROME
+(through the reverse bridge) writes a fictional fact, DINM detoxifies on SafeEdit sample case 0. After the whole
+pipeline the fact is recalled and the case's harmful prompt is refused; the composed edit reverts bit for bit,
+saves, and replays on a freshly loaded model to the same weights. (The order ROME -> DINM -> DeStein,
+rome-dinm-destein, runs the same way but loses both on this model; see that file.)"""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ FACT_PROMPT = "The capital of the island nation of Zarkovia is"  # base model: "
 FACT = "Velmora"
 
 
-def test_rome_then_dinm_then_destein_on_the_embedded_model(easyeditor, real_registry, tmp_path) -> None:
+def test_destein_then_rome_then_dinm_on_the_embedded_model(easyeditor, real_registry, tmp_path) -> None:
     import registry
     from detox_plugins.dinm import commands
     from detox_plugins.dinm.protocol import as_request, evaluation_prompts
@@ -40,9 +41,9 @@ def test_rome_then_dinm_then_destein_on_the_embedded_model(easyeditor, real_regi
 
     before = fingerprint(model)
     assert FACT not in fact() and not is_refusal(answer())
-    composed = registry.compose("rome-dinm-destein", model, tok)
+    composed = registry.compose("destein-rome-dinm", model, tok)
     try:
-        assert [step.editor for step in composed.steps] == ["ROME", "DINM", "DeStein"]
+        assert [step.editor for step in composed.steps] == ["DeStein", "ROME", "DINM"]
         recalled, refused = fact(), answer()
         edited = fingerprint(model)
         saved = composed.save(tmp_path / "pipeline")
