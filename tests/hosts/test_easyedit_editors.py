@@ -219,3 +219,20 @@ def test_missing_or_broken_easyeditor_never_breaks_discovery(tmp_path, host) -> 
     reason = "holds no easyeditor/ package" if host == "missing" else "broken on purpose"
     assert reason in failure["error"]
     assert found["stderr"].count("Skipped editor plugin 'easyedit_editors'") == 1  # one warning
+
+
+def test_a_change_easyedit_does_not_report_as_planned_is_refused_and_undone(easyeditor, real_registry, tmp_path,
+                                                                              monkeypatch) -> None:
+    """If the bridge's idea of the written tensors (here narrowed to layer 1) misses one EasyEdit changed (layer 2),
+    the edit is refused and both tensors hold their original values again."""
+    from easyedit_editors.editors import FTEditor
+
+    model, tok = tiny()
+    before = fingerprint(model)
+    editor = editor_for("FT", tmp_path, layers=[1, 2])
+    full = FTEditor.target_weights
+    monkeypatch.setattr(FTEditor, "target_weights",
+                        lambda self, m: {n: p for n, p in full(self, m).items() if ".1." in n})
+    with pytest.raises(EditError, match="model.layers.2.mlp.down_proj.weight, which its hparams do not name"):
+        editor.edit(model, tok, FACTS)
+    assert fingerprint(model) == before

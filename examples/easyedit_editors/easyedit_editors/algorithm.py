@@ -103,6 +103,7 @@ class EasyEditAlgorithm(Editor):
                                             copy=False, return_orig_weights=True, keep_original_weight=True)
                     unplanned = sorted(set(weights_copy) - set(originals))
                     if unplanned:
+                        self.restore(model, {name: weights_copy[name] for name in unplanned})
                         raise EditError(f"EasyEdit's {self.name} changed {', '.join(unplanned)}, which its "
                                         f"hparams do not name; this bridge cannot own that change")
             params = dict(model.named_parameters())
