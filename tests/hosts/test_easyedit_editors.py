@@ -73,12 +73,13 @@ def easyedit_reference(editor: Any, model: Any, tok: Any, requests: list[dict]) 
 
 
 @pytest.mark.parametrize("alg", ["ROME", "MEMIT", "FT"])
-def test_edit_owns_exactly_what_easyedit_changed(easyeditor, real_registry, tmp_path, alg) -> None:
+def test_edit_owns_exactly_what_easyedit_changed(easyeditor, real_registry, tmp_path, monkeypatch, alg) -> None:
     import registry
     from easyedit_editors.stats import write_stats
 
     model, tok = tiny()
-    editor = editor_for(alg, tmp_path)
+    monkeypatch.setenv("DETOX_CACHE", str(tmp_path / "cache"))  # the shipped files' stats_dir form
+    editor = editor_for(alg, tmp_path, **({} if alg == "FT" else {"stats_dir": "$DETOX_CACHE/easyedit-stats"}))
     requests = FACTS[:1] if alg == "ROME" else FACTS
     if alg == "MEMIT":
         write_stats(model, tok, editor.hparams, TEXTS, progress=False)
@@ -235,4 +236,14 @@ def test_a_change_easyedit_does_not_report_as_planned_is_refused_and_undone(easy
                         lambda self, m: {n: p for n, p in full(self, m).items() if ".1." in n})
     with pytest.raises(EditError, match="model.layers.2.mlp.down_proj.weight, which its hparams do not name"):
         editor.edit(model, tok, FACTS)
+    assert fingerprint(model) == before
+
+
+def test_memit_names_the_tied_output_head(easyeditor, real_registry, tmp_path) -> None:
+    model, tok = tiny()
+    model.lm_head.weight = model.model.embed_tokens.weight  # tied, as SmolLM2's
+    model.config.tie_word_embeddings = True
+    before = fingerprint(model)
+    with pytest.raises(EditError, match="set lm_head_module: 'model.embed_tokens'"):
+        editor_for("MEMIT", tmp_path).edit(model, tok, FACTS)
     assert fingerprint(model) == before

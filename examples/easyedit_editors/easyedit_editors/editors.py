@@ -59,6 +59,18 @@ class MEMITEditor(KeyValueAlgorithm):
     host_hparams_class = "MEMITHyperParams"
     host_caches = {"easyeditor.models.memit.memit_main": {"CONTEXT_TEMPLATES_CACHE": None, "COV_CACHE": {}}}
 
+    def check_ready(self, model: Any) -> None:
+        """EasyEdit's MEMIT reads ``<lm_head_module>.weight`` as a parameter of its own: a tied output head
+        (SmolLM2, Gemma, GPT-2) has none, its weight is the embedding's."""
+        name = f"{self.hparams.lm_head_module}.weight"
+        if name not in dict(model.named_parameters()):
+            embeddings = model.get_input_embeddings()
+            tied = next((n for n, p in model.named_parameters() if p is embeddings.weight), None)
+            fix = f"set lm_head_module: {tied.rsplit('.', 1)[0]!r} (the tied output head's weight)" if tied else \
+                "point lm_head_module at the output head"
+            raise EditError(f"MEMIT reads {name!r}, which is not a parameter of this model; {fix}")
+        super().check_ready(model)
+
 
 class FTEditor(EasyEditAlgorithm):
     """EasyEdit's FT (``apply_ft_to_model``): fine-tune every parameter whose name contains the template."""

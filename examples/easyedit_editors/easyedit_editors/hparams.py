@@ -84,6 +84,13 @@ class KeyValueHyperParams(EasyEditHyperParams):
         if self.mom2_n_samples < 1:
             raise HyperParamsError(f"mom2_n_samples must be >= 1, got {self.mom2_n_samples}")
 
+    def host_values(self, host_class: type) -> dict[str, Any]:
+        """As the base, with ``stats_dir`` expanded: EasyEdit reads the folder as it is given."""
+        values = super().host_values(host_class)
+        if "stats_dir" in values:
+            values["stats_dir"] = str(self.resolved_stats_dir())
+        return values
+
     def resolved_stats_dir(self) -> Path:
         """``stats_dir`` with ``~`` and variables expanded (``$DETOX_CACHE`` defaults to the model cache)."""
         from registry.models import CACHE_ENV, cache_dir
