@@ -82,7 +82,10 @@ def add_subcommands(subparsers: Any) -> None:
     p.add_argument("--top-k", type=int, default=0, help="top-k sampling, 0 = off (default 0)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     p.add_argument("--no-chat-template", action="store_true", help="feed raw prompts (continuation tasks)")
-    p.add_argument("--system-prompt", help="system message (or a prefix without a chat template)")
+    prompt = p.add_mutually_exclusive_group()
+    prompt.add_argument("--system-prompt", help="system message (or a prefix without a chat template)")
+    prompt.add_argument("--safety-prompt", action="store_true",
+                        help="the system message of detox report's safety-prompt baseline row")
     p.add_argument("--ppl", action="store_true", help="also score conditional perplexity of the answers")
     p.add_argument("--ppl-model", help="model for --ppl (default: the same model without --edit)")
     p.add_argument("--fluency-tokenizer", choices=FLUENCY_TOKENIZERS, default="regex", help="default: regex")
@@ -190,6 +193,10 @@ def run_eval(args: argparse.Namespace) -> int:
     """``detox eval``: generate for a dataset, judge, summarize."""
     start = time.perf_counter()
     check_results_paths(args.json, overwrite=args.overwrite)
+    if getattr(args, "safety_prompt", False):
+        from .suite import SAFETY_SYSTEM_PROMPT
+
+        args.system_prompt = SAFETY_SYSTEM_PROMPT
     judge = get_judge(args.judge, **_judge_options(args.judge_arg))
     rows = load_dataset(args.dataset, limit=args.limit)
     dataset = describe_dataset(args.dataset)
