@@ -50,32 +50,14 @@ STRATEGIES = ("last", "random", "l2", "relative_l2", "separability", "attributio
 DEFAULT_STRATEGIES = ("last", "random", "l2", "separability", "attribution")
 
 
-def round_robin(cases: list[Any]) -> list[Any]:
-    groups: dict[str, list[Any]] = {}
-    for case in cases:
-        groups.setdefault(case.category, []).append(case)
-    ordered = []
-    for i in range(max(len(g) for g in groups.values())):
-        ordered.extend(g[i] for g in groups.values() if i < len(g))
-    return ordered
-
-
 def locate_all(model: Any, tokenizer: Any, request: Any, hparams: Any) -> dict[str, Any]:
     """Every metric's per-layer scores and located layer for one request (no edit)."""
     from detox_plugins.dinm.editor import DINMEditor
-    from detox_plugins.dinm.locate import locate_blocks, locate_by_attribution, locate_easyedit
+    from localization import locate_case  # benchmarks/localization.py, next to this script
 
-    editor = DINMEditor(hparams.replace(layers=[]))
-    plan = editor.plan(model, tokenizer, [request])
-    case = plan.cases[0]
-    names = [n for n, _ in model.named_parameters()]
-    found: dict[str, Any] = {}
-    for metric in ("l2", "relative_l2", "separability"):
-        found[metric] = locate_blocks(model, plan.stack, tokenizer, case.safe, case.unsafe, metric=metric)
-    found["attribution"] = locate_by_attribution(model, plan.stack, case.safe, case.unsafe,
-                                                 modules=editor._trained_modules(model, plan.stack, names))
-    found["compat"] = locate_easyedit(model, tokenizer, request.target_new, request.ground_truth or "")
-    return {m: {"layer": f.layer, "scores": [round(s, 6) for s in f.scores]} for m, f in found.items()}
+    found = locate_case(model, tokenizer, request, DINMEditor(hparams.replace(mode="improved", layers=[])))
+    return {method.replace("improved ", ""): {"layer": f.layer, "scores": [round(v, 6) for v in f.scores]}
+            for method, f in found.items()}
 
 
 class Evaluator:
@@ -93,11 +75,14 @@ class Evaluator:
     def __call__(self) -> dict[str, int]:
         from detox_plugins.evaluation.generate import generate
 
-        counts = {}
-        for name, prompts in self.sets.items():
-            answers = generate(self.model, self.tokenizer, prompts, max_new_tokens=self.max_new_tokens,
-                               batch_size=self.batch_size, progress=False)
-            counts[name] = sum(score == 0.0 for score in self.judge.judge(prompts, answers))
+        prompts = [p for group in self.sets.values() for p in group]  # one generation over both sets
+        answers = generate(self.model, self.tokenizer, prompts, max_new_tokens=self.max_new_tokens,
+                           batch_size=self.batch_size, progress=False)
+        refused = [score == 0.0 for score in self.judge.judge(prompts, answers)]
+        counts, start = {}, 0
+        for name, group in self.sets.items():
+            counts[name] = sum(refused[start:start + len(group)])
+            start += len(group)
         return counts
 
 
@@ -223,7 +208,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--harmbench", type=int, default=20, help="first N HarmBench prompts (default 20)")
     parser.add_argument("--benign-stride", type=int, default=5, help="every Nth benign-150 prompt (default 5)")
     parser.add_argument("--max-new-tokens", type=int, default=20, help="new tokens per answer (default 20)")
-    parser.add_argument("--batch-size", type=int, default=25, help="generation batch (default 25)")
+    parser.add_argument("--batch-size", type=int, default=50, help="generation batch (default 50)")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the cases already in --json (written after every case) and run the rest")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random strategy")
     parser.add_argument("--strategies", nargs="+", choices=STRATEGIES, default=list(DEFAULT_STRATEGIES),
                         help=f"strategies edited and evaluated (default: {' '.join(DEFAULT_STRATEGIES)})")
@@ -237,6 +224,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from detox_plugins.dinm.protocol import as_request
     from detox_plugins.evaluation.datasets import load_dataset, load_safeedit_sample
+    from localization import _round_robin
     from registry.fingerprint import model_fingerprint
     from registry.models import load_model
 
@@ -249,21 +237,29 @@ def main(argv: list[str] | None = None) -> int:
     benign = [r["prompt"] for r in load_dataset("benign-150")][:: args.benign_stride]
     evaluate = Evaluator(model, tokenizer, harmful, benign, max_new_tokens=args.max_new_tokens,
                          batch_size=args.batch_size)
-    cases = round_robin(load_safeedit_sample())[: args.limit or args.cases]
+    cases = _round_robin(load_safeedit_sample())[: args.limit or args.cases]
     num_layers = int(model.config.num_hidden_layers)
     rng = random.Random(args.seed)
+    json_path = Path(args.json)
+    previous = json.loads(json_path.read_text()) if args.resume and json_path.is_file() else None
     result: dict[str, Any] = {
         "model": args.model or "smollm2-135m-instruct (embedded)", "hparams": args.hparams,
         "n_harmbench": len(harmful), "n_benign": len(benign), "max_new_tokens": args.max_new_tokens,
         "judge": evaluate.judge.version, "seed": args.seed, "threads": args.threads,
         "strategies": list(args.strategies),
-        "base": evaluate(), "cases": [],
+        "base": previous["base"] if previous else evaluate(), "cases": [],
     }
     logger.info("base: %s", result["base"])
+    done = {c["case_id"]: c for c in (previous or {}).get("cases", [])}
+    json_path.parent.mkdir(parents=True, exist_ok=True)
     for case in tqdm(cases, desc="cases", unit="case"):
+        random_layer = rng.randrange(num_layers)  # drawn for every case, so a resumed run draws the same
+        if case.case_id in done:
+            result["cases"].append(done[case.case_id])
+            continue
         request = as_request(case)
         located = locate_all(model, tokenizer, request, hparams)
-        picks = {"last": num_layers - 1, "random": rng.randrange(num_layers)}
+        picks = {"last": num_layers - 1, "random": random_layer}
         picks.update({m: located[m]["layer"] for m in METRICS})
         by_layer: dict[int, dict[str, Any]] = {}
         for strategy in args.strategies:
@@ -275,12 +271,11 @@ def main(argv: list[str] | None = None) -> int:
                                                   for s, o in outcomes.items()})
         result["cases"].append({"case_id": case.case_id, "category": case.category, "localization": located,
                                 "outcomes": outcomes})
+        write_file(json_path, json.dumps(result, indent=1), overwrite=True)  # progress survives an interruption
     result["summary"] = summarise(result)
     result["seconds"] = round(time.perf_counter() - start, 1)
     table = markdown(result)
     print(table)
-    json_path = Path(args.json)
-    json_path.parent.mkdir(parents=True, exist_ok=True)
     write_file(json_path, json.dumps(result, indent=1), overwrite=True)
     write_file(json_path.with_suffix(".md"), table, overwrite=True)
     heatmap(result, json_path.with_suffix(".png"))

@@ -42,6 +42,7 @@ def plan(out: Path, work: Path, limit: int | None, threads: int = 1) -> dict[str
     scripts: dict[str, list[str]] = {
         "quality": ["--make-default-edits", str(work), "--json", str(out / "quality.json"), "--threads", t],
         "localization": ["--cases", "18", "--json", str(out / "localization.json"), "--threads", t],
+        "localization_outcome": ["--cases", "18", "--json", str(out / "localization_outcome.json"), "--threads", t],
         "destein_probes": ["--json", str(out / "destein_probes.json"), "--threads", t],
         "dinm_speed": ["--limit", "3", "--threads", t, "--json", str(out / "dinm_speed.json")],
         "destein_speed": ["--limit", "8", "--max-new-tokens", "32", "--repeats", "8", "--threads", t,
@@ -51,6 +52,7 @@ def plan(out: Path, work: Path, limit: int | None, threads: int = 1) -> dict[str
     if quick:
         scripts["quality"] += ["--limit", str(limit), "--rtp-samples", "5"]
         scripts["localization"] += ["--limit", str(min(limit, 18))]
+        scripts["localization_outcome"] += ["--limit", str(min(limit, 2)), "--harmbench", "5", "--benign-stride", "15"]
         scripts["destein_probes"] += ["--limit", "1"]
         scripts["dinm_speed"] = ["--limit", "1", "--configs", "improved", "compat", "--threads", t,
                                  "--json", str(out / "dinm_speed.json")]
