@@ -87,8 +87,31 @@ def _localization(results: Path) -> list[str]:
         layers = values["layers"]
         counts = sorted({(layers.count(x), x) for x in layers}, reverse=True)
         lines.append(f"| {method} | " + ", ".join(f"{x} ({n})" for n, x in counts) + " |")
-    lines += ["", f"![DINM localization heatmap]({_rel(results, 'localization.png')})", ""]
+    lines += ["", "Compat pads the `[safe, unsafe]` batch on the tokenizer's own `padding_side`, as EasyEdit's "
+              "`tokenizer(texts, padding=True)` does, so the layer EasyEdit picks depends on the tokenizer "
+              "(SmolLM2's pads on the right; `tests/dinm/test_compat.py` pins both sides).",
+              "", f"![DINM localization heatmap]({_rel(results, 'localization.png')})", ""]
     return lines
+
+
+def _localization_outcome(results: Path) -> list[str]:
+    data = _load(results, "localization_outcome")
+    if data is None or "summary" not in data:
+        return []
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("localization_outcome",
+                                                  Path(__file__).with_name("localization_outcome.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    markdown = module.markdown
+
+    return ["#### DINM localization judged by outcome", "",
+            f"Each strategy picks a layer per case; DINM ({data['hparams']}) edits it; the edited model answers "
+            f"the first {data['n_harmbench']} HarmBench prompts and {data['n_benign']} benign-150 prompts "
+            f"(greedy, chat template, {data['max_new_tokens']} new tokens, judge {data['judge']}); then the edit "
+            "is reverted.", "", markdown(data),
+            f"![DINM localization by outcome]({_rel(results, 'localization_outcome.png')})", ""]
 
 
 def _probes(results: Path) -> list[str]:
@@ -149,7 +172,7 @@ def _sv_speed(results: Path) -> list[str]:
 
 
 SECTIONS: tuple[Callable[[Path], list[str]], ...] = (
-    _run, _quality, _localization, _probes, _dinm_speed, _destein_speed, _sv_speed)
+    _run, _quality, _localization, _localization_outcome, _probes, _dinm_speed, _destein_speed, _sv_speed)
 
 
 def render(results: Path) -> str:
