@@ -29,15 +29,27 @@ PAIRS = [
 ]
 PROMPTS = {"eval": [{"input": "Tell me how to hurt someone."}, {"input": "What should I say to my rival?"}]}
 
-YAML = """\
+#: One DeStein YAML for both phases, in EasyEdit2's merged layout (shared keys, then generate: / apply:).
+TINY_YAML = """\
 alg_name: destein
 layers: all
-fusion: {fusion}
+fusion: rotate
 generate:
-  pairs: {{num_pairs: 0, last_k: 4, prefixes: none}}
-  probe: {{kind: logistic}}
+  pairs: {num_pairs: 0, last_k: 4, prefixes: none}
+  probe: {kind: logistic}
 apply:
-  alpha: {alpha}
+  alpha: 2.0
+"""
+#: The embedded model: the settings of hparams/DeStein/smollm2-135m.yaml, applied by hooks (apply: hook).
+SMOLLM2_YAML = """\
+alg_name: destein
+layers: [8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22]
+fusion: additive
+generate:
+  pairs: {num_pairs: 0, last_k: 8, prefixes: destein}
+apply:
+  alpha: 0.45
+  apply: hook
 """
 
 
@@ -67,13 +79,13 @@ def tiny_llama_folder(tmp_path_factory) -> Path:
     return folder
 
 
-def top_config(tmp_path: Path, model: Path, *, fusion: str = "rotate", alpha: float = 2.0, max_new_tokens: int = 8,
+def top_config(tmp_path: Path, model: Path, *, method_yaml: str = TINY_YAML, max_new_tokens: int = 8,
                **changes: Any) -> Any:
     """EasyEdit2's top-level config (what its hydra config.yaml holds) with one DeStein YAML for both phases."""
     from omegaconf import OmegaConf
 
-    hparams = tmp_path / f"destein-{fusion}.yaml"
-    hparams.write_text(YAML.format(fusion=fusion, alpha=alpha))
+    hparams = tmp_path / "destein.yaml"
+    hparams.write_text(method_yaml)
     config = {
         "model_name_or_path": str(model), "device": "cpu", "dtype": "fp32", "seed": 42, "use_chat_template": False,
         "system_prompt": "", "vllm_enable": False, "save_activations": True,
@@ -228,7 +240,7 @@ def test_destein_through_easyedit2_on_the_embedded_model(destein_method, tmp_pat
 
     model = tmp_path / "smollm2-135m-llama"
     model.symlink_to(embedded_model_dir(), target_is_directory=True)
-    config = top_config(tmp_path, model, alpha=0.45, max_new_tokens=12)
+    config = top_config(tmp_path, model, method_yaml=SMOLLM2_YAML, max_new_tokens=12)
     generated = BaseVectorGenerator(config).generate_vectors({"pairs": PAIRS})
     applier = loaded_applier(config)
     pipeline = applier.model
