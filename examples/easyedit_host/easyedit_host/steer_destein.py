@@ -5,7 +5,7 @@ Use::
     import easyedit_host
     easyedit_host.import_steer()                 # steer.utils.alg_dict importable (patch steer-reexports)
     from easyedit_host import steer_destein
-    steer_destein.register()                     # METHODS_CLASS_DICT / HYPERPARAMS_CLASS_DICT / REQUIRED_DATASET_METHODS
+    steer_destein.register()                     # HYPERPARAMS_CLASS_DICT, METHODS_CLASS_DICT, REQUIRED_DATASET_METHODS
 
 after which a YAML with ``alg_name: destein`` runs through EasyEdit2's ``BaseVectorGenerator`` and
 ``BaseVectorApplier`` like its own methods. The vectors are built by our ``DeSteinEditor.build_vectors``
@@ -102,7 +102,7 @@ class DeSteinGenerateHyperParams(DeSteinSteerHyperParams):
     save_vectors: bool = True
 
     def destein_keys(self) -> dict[str, Any]:
-        return {**super().destein_keys(), "pairs": dict(self.pairs), "probe": dict(self.probe)}
+        return {**super().destein_keys(), "pairs": self.pairs or {}, "probe": self.probe or {}}
 
 
 @dataclass
@@ -163,12 +163,14 @@ def decoder_layers(pipeline: Any) -> Any:
 def projection_template(pipeline: Any) -> str:
     """The name template of each layer's attention output projection inside the host's wrappers, e.g.
     ``model.layers.{}.block.self_attn.attn.o_proj`` (the host wraps each layer and its attention)."""
+    from steer.models.model_wrapper import AttnWrapper
+
     layers = decoder_layers(pipeline)
     prefix = next((name for name, module in pipeline.model.named_modules() if module is layers), None)
     first = layers[0] if len(layers) else None
     block = getattr(first, "block", None)
-    attention = next((n for n, child in block.named_children() if hasattr(child, "attn")), None) if block else None
-    inner = getattr(getattr(block, attention), "attn") if attention else None
+    attention = next((n for n, c in block.named_children() if isinstance(c, AttnWrapper)), None) if block else None
+    inner = getattr(block, attention).attn if attention else None
     projection = next((n for n in ("o_proj", "out_proj", "c_proj", "dense") if hasattr(inner, n)), None)
     if prefix is None or projection is None:
         raise EditError(f"cannot find the attention output projection inside EasyEdit2's wrapped "
@@ -240,6 +242,7 @@ class HostBinding:
         for index in indices:
             marker = DeSteinMarker(index)
             marker.finalizer = weakref.finalize(marker, self.release)
+            marker.finalizer.atexit = False  # nothing to undo when the process ends
             layers[index].intervention_dict[NAME] = marker
             self.markers.append((layers[index], weakref.ref(marker)))
         edit.strength.gate = self.is_on
@@ -262,14 +265,23 @@ class HostBinding:
         logger.info("DeStein: removed from the EasyEdit2 pipeline")
 
 
+def destein_markers(pipeline: Any) -> list[DeSteinMarker]:
+    """The markers of the DeStein edit this module applied to ``pipeline`` (none: not steered by it)."""
+    markers = [layer.intervention_dict.get(NAME) for layer in decoder_layers(pipeline)]
+    return [m for m in markers if isinstance(m, DeSteinMarker) and m.finalizer is not None]
+
+
+def release_markers(markers: Sequence[DeSteinMarker]) -> None:
+    for marker in markers:
+        marker.finalizer()  # runs its binding's release once; later calls are no-ops
+
+
 def remove_destein(pipeline: Any) -> bool:
     """Undo a DeStein edit this module applied to ``pipeline`` (what ``reset("destein")`` would do if the
     host allowed it); False when there was none."""
-    markers = [layer.intervention_dict.get(NAME) for layer in decoder_layers(pipeline)]
-    ours = [m for m in markers if isinstance(m, DeSteinMarker) and m.finalizer is not None]
-    for marker in ours:
-        marker.finalizer()  # runs the binding's release once; later calls are no-ops
-    return bool(ours)
+    markers = destein_markers(pipeline)
+    release_markers(markers)
+    return bool(markers)
 
 
 def _read_vectors(hparams: DeSteinApplyHyperParams) -> SteeringVectors:
@@ -295,15 +307,10 @@ def apply_destein(hparams: DeSteinApplyHyperParams, pipline: Any = None, vector:
         raise EditError(f"the vectors were captured at {vectors.site} but fusion {hp.fusion!r} needs "
                         f"{hp.capture_site}; use the same fusion/capture in generate and apply")
     indices = geometry.resolve_layers(hp.layers)
-    remove_destein(pipeline)
+    previous = destein_markers(pipeline)  # replaced once the new edit is in place
     edit = DeSteinEditor(hp).edit(pipeline.model, pipeline.tokenizer, vectors=vectors)
-    try:
-        HostBinding(edit, decoder_layers(pipeline), indices)
-    except BaseException:
-        remove_destein(pipeline)
-        if edit.applied:
-            edit.revert()
-        raise
+    HostBinding(edit, decoder_layers(pipeline), indices)
+    release_markers(previous)
     logger.info("DeStein: steering the EasyEdit2 pipeline (%s, alpha %s, %d layers)", hp.fusion, hp.alpha,
                 len(indices))
     return pipeline
@@ -342,4 +349,5 @@ def unregister() -> None:
 
 
 __all__ = ["NAME", "DeSteinApplyHyperParams", "DeSteinGenerateHyperParams", "DeSteinMarker", "apply_destein",
-           "generate_destein_vectors", "pairs_from_dataset", "register", "remove_destein", "unregister"]
+           "destein_markers", "generate_destein_vectors", "pairs_from_dataset", "register", "remove_destein",
+           "unregister"]
