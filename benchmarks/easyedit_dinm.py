@@ -239,14 +239,15 @@ def easyedit_request(request: Any, suffix: Optional[str]) -> dict[str, Any]:
 class EasyEditDINM:
     """EasyEdit's own SafetyEditor localization and DINM, on a preloaded (model, tokenizer)."""
 
-    def __init__(self, model: Any, tokenizer: Any, hparams_file: Path, work: Path) -> None:
+    def __init__(self, model: Any, tokenizer: Any, compat: Any, work: Path) -> None:
+        """``compat``: our compat hparams; EasyEdit reads its own fields of them from a YAML file, with its
+        own ``DINMHyperParams.from_hparams``."""
         import yaml
         from easyeditor import DINMHyperParams, SafetyEditor
 
-        ours = yaml.safe_load(hparams_file.read_text(encoding="utf-8"))
         names = {f.name for f in dataclasses.fields(DINMHyperParams)}
         path = work / "easyedit-dinm.yaml"
-        path.write_text(yaml.safe_dump({k: v for k, v in ours.items() if k in names}), encoding="utf-8")
+        path.write_text(yaml.safe_dump({k: v for k, v in compat.to_dict().items() if k in names}), encoding="utf-8")
         self.hparams = DINMHyperParams.from_hparams(str(path))
         self.hparams.model_name = (model, tokenizer)
         self.hparams.layers = []
@@ -333,7 +334,6 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     from detox_plugins.dinm.editor import DINMEditor
     from detox_plugins.evaluation.datasets import interleave_by_category
     from registry import from_hparams
-    from registry.catalog import resolve_hparams_path
     from registry.fingerprint import model_fingerprint
     from registry.models import load_model
 
@@ -347,7 +347,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     originals = {name: p.detach().clone() for name, p in model.named_parameters()
                  if any(name == template.format(i) for i in range(model.config.num_hidden_layers))}
     with tempfile.TemporaryDirectory(prefix="easyedit-dinm-") as work:
-        easyedit = EasyEditDINM(model, tokenizer, Path(resolve_hparams_path(COMPAT_HPARAMS)), Path(work))
+        easyedit = EasyEditDINM(model, tokenizer, compat_hp, Path(work))
         for request in requests:  # the prompts EasyEdit gets are the ones compat edits with
             suffixed = easyedit_request(request, easyedit.hparams.suffix_system_prompt)["prompt"]
             planned = DINMEditor(compat_hp, progress=False).plan(model, tokenizer, [request]).cases[0].prompt_text
@@ -434,7 +434,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from registry.writer import write_file
 
     result = measure(args)
-    table = markdown(result)
+    table = result["table"] = markdown(result)
     print(table, end="")
     write_file(args.json, json.dumps(result, indent=1) + "\n", overwrite=True)
     if args.md != "-":

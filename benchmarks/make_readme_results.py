@@ -53,7 +53,8 @@ def _run(results: Path) -> list[str]:
         "```bash",
         run["command"] + "   # runs:",
     ]
-    lines += [f"{s['command']}   # {s['seconds']:.0f} s" + ("" if s["rc"] == 0 else f", FAILED (exit {s['rc']})")
+    lines += [f"{s['command']}   # skipped: {s['skipped']}" if s.get("skipped") else
+              f"{s['command']}   # {s['seconds']:.0f} s" + ("" if s["rc"] == 0 else f", FAILED (exit {s['rc']})")
               for s in run["scripts"]]
     lines += ["```", ""]
     return lines
@@ -148,8 +149,19 @@ def _sv_speed(results: Path) -> list[str]:
     return lines
 
 
+def _easyedit_dinm(results: Path) -> list[str]:
+    """benchmarks/easyedit_dinm.py's table as it printed it, under its own command and date."""
+    data = _load(results, "easyedit_dinm")
+    if data is None:
+        return []
+    return ["#### DINM beside EasyEdit's own DINM", "",
+            f"`{data['command']}` ({data['date'][:10]}, commit {data.get('commit') or '?'}, "
+            f"`OMP_NUM_THREADS={data['machine'].get('OMP_NUM_THREADS')}`, {data['machine'].get('cpus')} CPUs, shared).",
+            "", data["table"].rstrip(), ""]
+
+
 SECTIONS: tuple[Callable[[Path], list[str]], ...] = (
-    _run, _quality, _localization, _probes, _dinm_speed, _destein_speed, _sv_speed)
+    _run, _quality, _localization, _probes, _dinm_speed, _easyedit_dinm, _destein_speed, _sv_speed)
 
 
 def render(results: Path) -> str:
