@@ -265,6 +265,7 @@ class EasyEditDINM:
 
         plain, with_suffix = easyedit_request(request, None), easyedit_request(request, self.hparams.suffix_system_prompt)
         self.hparams.layers = []
+        previous = self.model.config.output_hidden_states
         self.model.config.output_hidden_states = True  # as SafetyEditor loads its models; its localization reads them
         try:
             with contextlib.redirect_stdout(sys.stderr):
@@ -274,7 +275,7 @@ class EasyEditDINM:
                                                          copy=False, return_orig_weights=True, keep_original_weight=True)
                 seconds = time.perf_counter() - start
         finally:
-            self.model.config.output_hidden_states = False
+            self.model.config.output_hidden_states = previous
         params = dict(self.model.named_parameters())
         with torch.no_grad():
             deltas = {name: params[name].detach() - w0 for name, w0 in weights_copy.items()}

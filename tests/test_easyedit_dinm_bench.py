@@ -113,3 +113,32 @@ def test_a_tokenizer_that_does_not_give_text_back_is_refused(bench) -> None:
     tok.backend_tokenizer.decoder = None  # like the 5.5.4 conversion: no decoder, tokens joined as they are
     with pytest.raises(SystemExit, match="does not round-trip"):
         bench.check_tokenizer(tok)
+
+
+def test_run_all_skips_it_without_the_hosts_environment(monkeypatch, tmp_path) -> None:
+    run_all = load_benchmark("run_all")
+    monkeypatch.setenv("VENV_HOSTS", str(tmp_path / "missing-venv"))
+    reason = run_all.missing_requirement("easyedit_dinm")
+    assert "missing-venv" in reason and "scripts/setup_hosts.sh" in reason
+    assert run_all.missing_requirement("dinm_speed") is None
+    (tmp_path / "missing-venv" / "bin").mkdir(parents=True)
+    (tmp_path / "missing-venv" / "bin" / "python").write_text("")
+    assert run_all.missing_requirement("easyedit_dinm") is None
+
+
+def test_readme_generator_renders_its_table_and_a_skipped_script(tmp_path) -> None:
+    import json
+
+    gen = load_benchmark("make_readme_results")
+    (tmp_path / "easyedit_dinm.json").write_text(json.dumps({
+        "command": "python benchmarks/easyedit_dinm.py --cases 2", "date": "2026-12-04T21:00:00+00:00",
+        "commit": "abc1234", "machine": {"OMP_NUM_THREADS": "1", "cpus": 2}, "table": "| the table |\n"}))
+    (tmp_path / "run_all.json").write_text(json.dumps({
+        "mode": "quick", "limit": 2, "date": "2026-12-04T21:00:00+00:00", "commit": "abc1234",
+        "machine": {"cpus": 2, "OMP_NUM_THREADS": "1"}, "command": "python benchmarks/run_all.py --limit 2",
+        "total_s": 60.0, "scripts": [{"name": "easyedit_dinm", "command": "python benchmarks/easyedit_dinm.py --cases 2",
+                                      "rc": None, "seconds": 0.0, "skipped": "needs .venv-hosts"}]}))
+    section = gen.render(tmp_path)
+    assert "python benchmarks/easyedit_dinm.py --cases 2   # skipped: needs .venv-hosts" in section
+    assert "#### DINM beside EasyEdit's own DINM" in section and "| the table |" in section
+    assert "`python benchmarks/easyedit_dinm.py --cases 2` (2026-12-04, commit abc1234" in section
