@@ -339,6 +339,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     from registry.models import load_model
 
     torch.set_num_threads(args.threads)
+    commit = _git_commit()  # the code that runs, before anything is committed meanwhile
     model, tokenizer = load_model(args.model)
     check_tokenizer(tokenizer)
     compat_hp, improved_hp = from_hparams(COMPAT_HPARAMS), from_hparams(IMPROVED_HPARAMS)
@@ -396,7 +397,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         raise SystemExit("the model's fingerprint changed during the benchmark: some edit was not undone")
     return {
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "commit": _git_commit(),
+        "commit": commit,
         "command": "python benchmarks/easyedit_dinm.py " + " ".join(args.shown_argv),
         "easyedit": f"EasyEdit at {Path(os.environ.get('EASYEDIT_PATH', SNAPSHOT)).name}",
         "model_name": Path(args.model).name, "model_fingerprint": fingerprint,
