@@ -7,8 +7,9 @@
 The section sits between ``<!-- results:start -->`` and ``<!-- results:end -->`` in README.md;
 only that part of the README is touched. It holds, for the files present: the date, model, data
 and exact commands of the run (from run_all.json), the quality table (quality.json), the
-localization and probe tables with their heatmaps, and the speed tables. A missing file leaves
-its part out; a file that cannot be read is named in the output.
+localization and probe tables with their heatmaps, the speed tables, and DINM beside EasyEdit's own
+DINM (easyedit_dinm.json, under its own command and date). A missing file leaves its part out; a file
+that cannot be read is named in the output.
 """
 
 from __future__ import annotations
