@@ -5,8 +5,8 @@ on several shipped SafeEdit cases, for each localization metric. Writes JSON and
 
 Three metrics (detox_plugins/dinm/locate.py):
 
-- ``compat``: EasyEdit's (one left-padded batch of the two responses alone, Frobenius distance of
-  the padded hidden-state matrices, the last one after the final norm);
+- ``compat``: EasyEdit's (one batch of the two responses alone, padded on the tokenizer's own side,
+  Frobenius distance of the padded hidden-state matrices, the last one after the final norm);
 - ``improved l2``: raw block outputs, mean-pooled over the response tokens after the (chat-templated)
   prompt, ``||mu+ - mu-||`` (hparams DINM/smollm2-135m, the shipped setting);
 - ``improved relative_l2``: the same divided by the mean norm of ``mu+`` and ``mu-``;
@@ -31,16 +31,6 @@ from typing import Any
 from registry.writer import write_file
 
 METHODS = ("compat", "improved l2", "improved relative_l2", "improved separability", "improved attribution")
-
-
-def _round_robin(cases: list[Any]) -> list[Any]:
-    groups: dict[str, list[Any]] = {}
-    for case in cases:
-        groups.setdefault(case.category, []).append(case)
-    ordered = []
-    for i in range(max(len(g) for g in groups.values())):
-        ordered.extend(g[i] for g in groups.values() if i < len(g))
-    return ordered
 
 
 def locate_case(model: Any, tokenizer: Any, request: Any, editor: Any) -> dict[str, Any]:
@@ -122,14 +112,14 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from detox_plugins.evaluation.datasets import load_safeedit_sample
+    from detox_plugins.evaluation.datasets import interleave_by_category, load_safeedit_sample
     from registry.models import load_model
 
     torch.set_num_threads(args.threads)
     count = args.limit or args.cases
     start = time.perf_counter()
     model, tokenizer = load_model(args.model or from_hparams(args.hparams))
-    cases = _round_robin(load_safeedit_sample())[:count]
+    cases = interleave_by_category(load_safeedit_sample())[:count]
     methods = measure(model, tokenizer, cases, args.hparams)
     result = {
         "model": args.model or "smollm2-135m-instruct (embedded)", "hparams": args.hparams,

@@ -223,8 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     from tqdm.auto import tqdm
 
     from detox_plugins.dinm.protocol import as_request
-    from detox_plugins.evaluation.datasets import load_dataset, load_safeedit_sample
-    from localization import _round_robin
+    from detox_plugins.evaluation.datasets import interleave_by_category, load_dataset, load_safeedit_sample
     from registry.fingerprint import model_fingerprint
     from registry.models import load_model
 
@@ -237,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     benign = [r["prompt"] for r in load_dataset("benign-150")][:: args.benign_stride]
     evaluate = Evaluator(model, tokenizer, harmful, benign, max_new_tokens=args.max_new_tokens,
                          batch_size=args.batch_size)
-    cases = _round_robin(load_safeedit_sample())[: args.limit or args.cases]
+    cases = interleave_by_category(load_safeedit_sample())[: args.limit or args.cases]
     num_layers = int(model.config.num_hidden_layers)
     rng = random.Random(args.seed)
     json_path = Path(args.json)

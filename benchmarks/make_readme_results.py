@@ -7,8 +7,9 @@
 The section sits between ``<!-- results:start -->`` and ``<!-- results:end -->`` in README.md;
 only that part of the README is touched. It holds, for the files present: the date, model, data
 and exact commands of the run (from run_all.json), the quality table (quality.json), the
-localization and probe tables with their heatmaps, and the speed tables. A missing file leaves
-its part out; a file that cannot be read is named in the output.
+localization and probe tables with their heatmaps, the speed tables, and DINM beside EasyEdit's own
+DINM (easyedit_dinm.json, under its own command and date). A missing file leaves its part out; a file
+that cannot be read is named in the output.
 """
 
 from __future__ import annotations
@@ -53,7 +54,8 @@ def _run(results: Path) -> list[str]:
         "```bash",
         run["command"] + "   # runs:",
     ]
-    lines += [f"{s['command']}   # {s['seconds']:.0f} s" + ("" if s["rc"] == 0 else f", FAILED (exit {s['rc']})")
+    lines += [f"{s['command']}   # skipped: {s['skipped']}" if s.get("skipped") else
+              f"{s['command']}   # {s['seconds']:.0f} s" + ("" if s["rc"] == 0 else f", FAILED (exit {s['rc']})")
               for s in run["scripts"]]
     lines += ["```", ""]
     return lines
@@ -87,10 +89,7 @@ def _localization(results: Path) -> list[str]:
         layers = values["layers"]
         counts = sorted({(layers.count(x), x) for x in layers}, reverse=True)
         lines.append(f"| {method} | " + ", ".join(f"{x} ({n})" for n, x in counts) + " |")
-    lines += ["", "Compat pads the `[safe, unsafe]` batch on the tokenizer's own `padding_side`, as EasyEdit's "
-              "`tokenizer(texts, padding=True)` does, so the layer EasyEdit picks depends on the tokenizer "
-              "(SmolLM2's pads on the right; `tests/dinm/test_compat.py` pins both sides).",
-              "", f"![DINM localization heatmap]({_rel(results, 'localization.png')})", ""]
+    lines += ["", f"![DINM localization heatmap]({_rel(results, 'localization.png')})", ""]
     return lines
 
 
@@ -171,8 +170,20 @@ def _sv_speed(results: Path) -> list[str]:
     return lines
 
 
+def _easyedit_dinm(results: Path) -> list[str]:
+    """benchmarks/easyedit_dinm.py's table as it printed it, under its own command and date."""
+    data = _load(results, "easyedit_dinm")
+    if data is None:
+        return []
+    return ["#### DINM beside EasyEdit's own DINM", "",
+            f"`{data['command']}` ({data['date'][:10]}, commit {data.get('commit') or '?'}, "
+            f"`OMP_NUM_THREADS={data['machine'].get('OMP_NUM_THREADS')}`, {data['machine'].get('cpus')} CPUs, shared).",
+            "", data["table"].rstrip(), ""]
+
+
 SECTIONS: tuple[Callable[[Path], list[str]], ...] = (
-    _run, _quality, _localization, _localization_outcome, _probes, _dinm_speed, _destein_speed, _sv_speed)
+    _run, _quality, _localization, _localization_outcome, _probes, _dinm_speed, _easyedit_dinm, _destein_speed,
+    _sv_speed)
 
 
 def render(results: Path) -> str:

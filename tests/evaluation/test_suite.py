@@ -358,13 +358,9 @@ def test_report_help_and_errors(capsys, tmp_path) -> None:
 
 
 def _readme_generator() -> Any:
-    import importlib.util
+    from tests.benchmark_scripts import load_benchmark
 
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "make_readme_results.py"
-    spec = importlib.util.spec_from_file_location("make_readme_results", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
+    return load_benchmark("make_readme_results")
 
 
 def test_readme_section_is_generated_from_the_suite_json(tiny, tmp_path) -> None:
