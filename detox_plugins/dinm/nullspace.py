@@ -1,0 +1,199 @@
+"""Null-space projection of DINM's update: the edited matrix keeps its outputs on benign inputs.
+
+For an edited weight ``W`` with input ``k`` (DINM's MLP down projection: the activations entering it),
+the output changes by ``ΔW·k``. Collect ``K`` = those inputs over every token of benign chat-formatted
+prompts and, optionally, the model's own greedy answers to them. The top eigenvectors ``U`` of
+``K Kᵀ`` holding a share ``energy`` of its trace span what benign inputs look like; with
+``P = I - U Uᵀ`` every update ``ΔW·P`` satisfies ``ΔW·P·k ≈ 0`` for those inputs (exactly 0 on the
+span of ``U``, and only the left-over energy elsewhere). The editing step projects both the gradient
+and the accumulated update, so the final ``Δ`` lies in the null space whatever the optimizer does.
+The idea is AlphaEdit's (arXiv 2410.02355); it is written here for DINM's few-step Adam loop.
+
+A bias has no input to protect: its change would shift the output for every input, so under the
+projection a bias keeps its value (its update is zero).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence
+
+import torch
+from torch import nn
+
+from registry.errors import EditError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class NullSpaceSettings:
+    """What the projection needs from the hyperparameters."""
+
+    prompts: list[str]  # benign prompts, raw (formatted here)
+    energy: float  # protected share of trace(K Kᵀ), in (0, 1)
+    answer_tokens: int  # greedy new tokens per prompt whose inputs are protected too; 0 = none
+    chat_template: bool
+    max_length: int
+
+
+@dataclass
+class UpdateProjector:
+    """Projects updates of one tensor onto the null space of the protected inputs.
+
+    ``matrix`` is ``P = I - U Uᵀ`` (``[d, d]``, float32) or None for a tensor that must not move (a bias);
+    ``input_axis`` is the weight axis that multiplies the input (1 for ``nn.Linear``'s ``[out, in]``,
+    0 for GPT-2's ``Conv1D`` ``[in, out]``)."""
+
+    matrix: Optional[torch.Tensor]
+    input_axis: int
+    record: dict[str, Any]
+
+    def project(self, update: torch.Tensor) -> torch.Tensor:
+        """``update`` with every component along the protected inputs removed (same dtype and shape)."""
+        if self.matrix is None:
+            return torch.zeros_like(update)
+        matrix = self.matrix.to(device=update.device, dtype=update.dtype)
+        return update @ matrix if self.input_axis == 1 else matrix @ update
+
+
+def load_prompts(source: str, count: Optional[int]) -> list[str]:
+    """The benign prompts of a dataset name or file (first ``count``), refused with the fix when unusable."""
+    from detox_plugins.evaluation.datasets import load_dataset
+    from detox_plugins.evaluation.errors import DatasetError
+
+    try:
+        rows = load_dataset(source, limit=count)
+    except DatasetError as error:
+        raise EditError(f"nullspace_prompts {source!r}: {error}; set nullspace_prompts to benign-heldout or to a "
+                        f"JSONL file with a 'prompt' per line") from error
+    prompts = [str(row["prompt"]) for row in rows if str(row.get("prompt", "")).strip()]
+    if not prompts:
+        raise EditError(f"nullspace_prompts {source!r} has no non-empty prompt; fix the file or use benign-heldout")
+    return prompts
+
+
+def benign_texts(model: nn.Module, tokenizer: Any, settings: NullSpaceSettings, progress: bool = False) -> list[str]:
+    """The formatted benign inputs: each prompt as the model sees it, followed by its greedy answer."""
+    from detox_plugins.evaluation.generate import format_prompts, generate
+
+    formatted = format_prompts(tokenizer, settings.prompts, use_chat_template=settings.chat_template)
+    if settings.answer_tokens == 0:
+        return formatted
+    answers = generate(model, tokenizer, settings.prompts, max_new_tokens=settings.answer_tokens,
+                       use_chat_template=settings.chat_template, batch_size=16, progress=progress,
+                       desc="DINM null-space answers")
+    return [text + answer for text, answer in zip(formatted, answers)]  # type: ignore[operator]
+
+
+class _Stop(Exception):
+    """Ends a forward pass once the module's input is recorded."""
+
+
+@torch.no_grad()
+def input_second_moment(model: nn.Module, tokenizer: Any, module: nn.Module, texts: Sequence[str],
+                        chat_template: bool, max_length: int, progress: bool = False) -> tuple[torch.Tensor, int]:
+    """``K Kᵀ`` (float64, ``[d, d]``) over every token of ``texts`` at ``module``'s input, and the token count.
+
+    Each text runs alone (no padding enters ``K``) and the forward pass stops at ``module``."""
+    from tqdm.auto import tqdm
+
+    from detox_plugins.evaluation.generate import adds_special_tokens
+
+    special = adds_special_tokens(tokenizer, texts, chat_template)
+    device = next(model.parameters()).device
+    captured: list[torch.Tensor] = []
+
+    def record(_module: nn.Module, args: tuple[Any, ...]) -> None:
+        captured.append(args[0].detach())
+        raise _Stop
+
+    moment: Optional[torch.Tensor] = None
+    tokens = 0
+    handle = module.register_forward_pre_hook(record)
+    try:
+        for text in tqdm(texts, desc="DINM null-space inputs", unit="text", disable=not progress):
+            ids = tokenizer(text, add_special_tokens=special, return_tensors="pt")["input_ids"][:, :max_length]
+            try:
+                model(input_ids=ids.to(device), use_cache=False)
+            except _Stop:
+                pass
+            if not captured:
+                raise EditError(f"the edited module {type(module).__name__} was not called in a forward pass; "
+                                f"the null-space projection needs its inputs (set nullspace: false)")
+            keys = captured.pop()
+            keys = keys.reshape(-1, keys.shape[-1]).double()
+            moment = keys.T @ keys if moment is None else moment + keys.T @ keys
+            tokens += keys.shape[0]
+    finally:
+        handle.remove()
+    if moment is None:
+        raise EditError("the null-space projection got no benign text; set nullspace_prompts to benign-heldout")
+    return moment, tokens
+
+
+def null_space_projector(moment: torch.Tensor, energy: float) -> tuple[torch.Tensor, int, float]:
+    """``P = I - U Uᵀ`` for the fewest top eigenvectors ``U`` of ``moment`` holding ``energy`` of its trace;
+    returns P (float32), the protected rank and the share of the energy left outside ``U``."""
+    eigenvalues, eigenvectors = torch.linalg.eigh(moment)  # ascending
+    eigenvalues = eigenvalues.clamp(min=0).flip(0)
+    eigenvectors = eigenvectors.flip(1)
+    total = float(eigenvalues.sum())
+    if total <= 0:
+        raise EditError("the benign inputs of the edited matrix are all zero; the null-space projection has "
+                        "nothing to protect (set nullspace: false)")
+    shares = torch.cumsum(eigenvalues, 0) / total
+    rank = min(int(torch.searchsorted(shares, torch.tensor(energy, dtype=shares.dtype))) + 1, moment.shape[0])
+    protected = eigenvectors[:, :rank]
+    projector = torch.eye(moment.shape[0], dtype=moment.dtype) - protected @ protected.T
+    left = float(1 - shares[rank - 1])
+    return projector.float(), rank, max(left, 0.0)
+
+
+def input_axis(module: nn.Module, tensor: torch.Tensor) -> int:
+    """The axis of ``tensor`` (a weight of ``module``) that multiplies the module's input."""
+    if isinstance(module, nn.Linear):
+        return 1
+    if type(module).__name__ == "Conv1D":  # GPT-2: weight [in, out], y = x W + b
+        return 0
+    raise EditError(f"nullspace: true supports nn.Linear and GPT-2 Conv1D weights, not {type(module).__name__}; "
+                    f"set nullspace: false or edit a linear layer")
+
+
+def build_projectors(model: nn.Module, tokenizer: Any, names: Sequence[str], texts: Sequence[str],
+                     settings: NullSpaceSettings, progress: bool = False) -> dict[str, UpdateProjector]:
+    """One projector per edited tensor in ``names``; the inputs of each owning module are collected once."""
+    started = time.perf_counter()
+    params = dict(model.named_parameters())
+    by_module: dict[str, tuple[torch.Tensor, int, float, int]] = {}
+    projectors: dict[str, UpdateProjector] = {}
+    for name in names:
+        module_name, _, attribute = name.rpartition(".")
+        module = model.get_submodule(module_name)
+        tensor = params[name]
+        if tensor.dim() == 1:
+            projectors[name] = UpdateProjector(None, 0, {"kept_fixed": "a bias shifts every output"})
+            continue
+        if attribute != "weight":
+            raise EditError(f"nullspace: true projects weights; {name!r} is not one (set nullspace: false)")
+        axis = input_axis(module, tensor)
+        if module_name not in by_module:
+            moment, tokens = input_second_moment(model, tokenizer, module, texts, settings.chat_template,
+                                                 settings.max_length, progress)
+            if moment.shape[0] != tensor.shape[axis]:
+                raise EditError(f"{name!r}: its inputs have {moment.shape[0]} features but the weight's input axis "
+                                f"{tensor.shape[axis]}; set nullspace: false")
+            projector, rank, left = null_space_projector(moment, settings.energy)
+            by_module[module_name] = (projector, rank, left, tokens)
+        projector, rank, left, tokens = by_module[module_name]
+        projectors[name] = UpdateProjector(projector, axis, {
+            "prompts": len(settings.prompts), "tokens": tokens, "dim": int(tensor.shape[axis]),
+            "protected_rank": rank, "energy": settings.energy, "energy_left": round(left, 6),
+            "answer_tokens": settings.answer_tokens})
+    logger.info("DINM null space: %s in %.1f s", {n: p.record.get("protected_rank") for n, p in projectors.items()},
+                time.perf_counter() - started)
+    for projector in projectors.values():
+        projector.record["seconds"] = round(time.perf_counter() - started, 4)
+    return projectors
