@@ -38,13 +38,14 @@ def refusals(model: Any, tokenizer: Any, prompts: list[str], judge: Any, max_new
     return [score == 0.0 for score in judge.judge(prompts, answers)]  # type: ignore[arg-type]
 
 
-def variant_grid(energies: list[float], answer_tokens: list[int], counts: list[Optional[int]]) -> dict[str, dict[str, Any]]:
+def variant_grid(energies: list[float], answer_tokens: list[int], counts: list[Optional[int]],
+                 positions: list[str]) -> dict[str, dict[str, Any]]:
     """Name -> hparams overrides: the unconstrained edit, then every null-space setting asked for."""
     grid: dict[str, dict[str, Any]] = {"dinm": {}}
-    for energy, answers, count in itertools.product(energies, answer_tokens, counts):
-        name = f"nullspace e={energy} answers={answers} prompts={count or 'all'}"
+    for energy, answers, count, where in itertools.product(energies, answer_tokens, counts, positions):
+        name = f"nullspace e={energy} answers={answers} prompts={count or 'all'} positions={where}"
         grid[name] = {"nullspace": True, "nullspace_energy": energy, "nullspace_answer_tokens": answers,
-                      "nullspace_prompt_count": count}
+                      "nullspace_prompt_count": count, "nullspace_positions": where}
     return grid
 
 
@@ -89,6 +90,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--answer-tokens", type=int, nargs="+", default=[16], help="nullspace_answer_tokens values")
     parser.add_argument("--prompt-counts", type=int, nargs="+", default=[0],
                         help="nullspace_prompt_count values (0 = all prompts)")
+    parser.add_argument("--positions", nargs="+", default=["all"], choices=["all", "answer"],
+                        help="nullspace_positions values")
+    parser.add_argument("--reference", metavar="JSON",
+                        help="take the base and unconstrained rows from this earlier result of this script "
+                             "(same settings) instead of measuring them again")
     parser.add_argument("--harmbench-limit", type=int, default=40)
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--opening-words", type=int, default=25)
@@ -126,8 +132,15 @@ def main(argv: list[str] | None = None) -> int:
                 "benign_rate": sum(safe) / len(safe), "benign_refused_prompts": [p for p, r in zip(benign, safe) if r],
                 **extra}
 
-    rows = [measure("base", {})]
-    grid = variant_grid(args.energies, args.answer_tokens, counts)
+    grid = variant_grid(args.energies, args.answer_tokens, counts, args.positions)
+    if args.reference:
+        earlier = json.loads(Path(args.reference).read_text(encoding="utf-8"))["rows"]
+        rows = [{**row, "from": args.reference} for row in earlier if row["variant"] in ("base", "dinm")]
+        if [row["variant"] for row in rows] != ["base", "dinm"]:
+            raise SystemExit(f"{args.reference} has no base and dinm rows")
+        del grid["dinm"]
+    else:
+        rows = [measure("base", {})]
     for name, overrides in tqdm(grid.items(), desc="variants", unit="variant"):
         hparams = base_hparams.__class__.from_dict({**base_hparams.to_dict(), **overrides})
         started = time.perf_counter()

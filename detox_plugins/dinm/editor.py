@@ -28,7 +28,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from torch import nn
 
     from .inputs import ScoredSequence
-    from .nullspace import NullSpaceSettings, UpdateProjector
+    from .nullspace import BenignText, NullSpaceSettings, UpdateProjector
     from .protocol import ProtocolReport
 
 logger = logging.getLogger(__name__)
@@ -300,7 +300,7 @@ class DINMEditor(Editor):
             uses_chat_template(tokenizer, True)  # raises when the tokenizer has none
         return NullSpaceSettings(prompts=load_prompts(hp.nullspace_prompts, hp.nullspace_prompt_count),
                                  energy=hp.nullspace_energy, answer_tokens=hp.nullspace_answer_tokens,
-                                 chat_template=chat, max_length=hp.max_length)
+                                 chat_template=chat, max_length=hp.max_length, positions=hp.nullspace_positions)
 
     def _localization_sequence(self, tokenizer: Any, prompt: Optional[str], response: str) -> "ScoredSequence":
         import torch
@@ -482,7 +482,7 @@ class _NullSpaceCache:
         self.settings = settings
         self.stack = stack
         self.progress = progress
-        self.texts: Optional[list[str]] = None
+        self.texts: Optional[list["BenignText"]] = None
         self.built: dict[str, "UpdateProjector"] = {}
 
     def projectors(self, model: "nn.Module", tokenizer: Any, names: list[str]) -> dict[str, "UpdateProjector"]:

@@ -88,6 +88,9 @@ class DINMHyperParams(HyperParams):
     nullspace_answer_tokens: int = field(default=16, metadata=_help(
         "Also protect the inputs over the model's own greedy answer to each prompt, this many new tokens "
         "(generated once, before the edit); 0 = the prompt tokens only."))
+    nullspace_positions: Literal["all", "answer"] = field(default="all", metadata=_help(
+        "Which tokens' inputs are protected: all (system prompt, prompt and answer), or answer (the prompt's "
+        "last token and the answer tokens: the positions whose outputs become generated text)."))
     nullspace_energy: float = field(default=0.99, metadata=_help(
         "Protected share of the benign inputs' energy, in (0, 1): the update is projected off the top "
         "eigenvectors of K K^T that together hold this fraction of its trace; higher = stricter, less room."))

@@ -37,6 +37,7 @@ class NullSpaceSettings:
     answer_tokens: int  # greedy new tokens per prompt whose inputs are protected too; 0 = none
     chat_template: bool
     max_length: int
+    positions: str = "all"  # "all" tokens, or only the "answer" positions (the prompt's last token on)
 
 
 @dataclass
@@ -75,17 +76,26 @@ def load_prompts(source: str, count: Optional[int]) -> list[str]:
     return prompts
 
 
-def benign_texts(model: nn.Module, tokenizer: Any, settings: NullSpaceSettings, progress: bool = False) -> list[str]:
-    """The formatted benign inputs: each prompt as the model sees it, followed by its greedy answer."""
+@dataclass(frozen=True)
+class BenignText:
+    """One benign input: the prompt as the model sees it (formatted) and the model's own answer."""
+
+    prompt: str
+    answer: str = ""
+
+
+def benign_texts(model: nn.Module, tokenizer: Any, settings: NullSpaceSettings,
+                 progress: bool = False) -> list[BenignText]:
+    """The formatted benign prompts, each with its greedy answer (``answer_tokens`` new tokens)."""
     from detox_plugins.evaluation.generate import format_prompts, generate
 
     formatted = format_prompts(tokenizer, settings.prompts, use_chat_template=settings.chat_template)
     if settings.answer_tokens == 0:
-        return formatted
+        return [BenignText(text) for text in formatted]
     answers = generate(model, tokenizer, settings.prompts, max_new_tokens=settings.answer_tokens,
                        use_chat_template=settings.chat_template, batch_size=16, progress=progress,
                        desc="DINM null-space answers")
-    return [text + answer for text, answer in zip(formatted, answers)]  # type: ignore[operator]
+    return [BenignText(text, str(answer)) for text, answer in zip(formatted, answers)]
 
 
 class _Stop(Exception):
@@ -93,16 +103,19 @@ class _Stop(Exception):
 
 
 @torch.no_grad()
-def input_second_moment(model: nn.Module, tokenizer: Any, module: nn.Module, texts: Sequence[str],
-                        chat_template: bool, max_length: int, progress: bool = False) -> tuple[torch.Tensor, int]:
-    """``K Kᵀ`` (float64, ``[d, d]``) over every token of ``texts`` at ``module``'s input, and the token count.
+def input_second_moment(model: nn.Module, tokenizer: Any, module: nn.Module, texts: Sequence[BenignText],
+                        settings: NullSpaceSettings, progress: bool = False) -> tuple[torch.Tensor, int]:
+    """``K Kᵀ`` (float64, ``[d, d]``) of ``module``'s inputs over ``texts``, and how many tokens it sums.
 
-    Each text runs alone (no padding enters ``K``) and the forward pass stops at ``module``."""
+    ``settings.positions`` "all" takes every token; "answer" only the tokens whose outputs become the
+    answer (the prompt's last token, then the answer's): for the last block these are the only
+    positions an edit of its MLP can change the generated text at. Each text runs alone (no padding
+    enters ``K``) and the forward pass stops at ``module``."""
     from tqdm.auto import tqdm
 
     from detox_plugins.evaluation.generate import adds_special_tokens
 
-    special = adds_special_tokens(tokenizer, texts, chat_template)
+    special = adds_special_tokens(tokenizer, [t.prompt for t in texts], settings.chat_template)
     device = next(model.parameters()).device
     captured: list[torch.Tensor] = []
 
@@ -115,7 +128,12 @@ def input_second_moment(model: nn.Module, tokenizer: Any, module: nn.Module, tex
     handle = module.register_forward_pre_hook(record)
     try:
         for text in tqdm(texts, desc="DINM null-space inputs", unit="text", disable=not progress):
-            ids = tokenizer(text, add_special_tokens=special, return_tensors="pt")["input_ids"][:, :max_length]
+            ids = tokenizer(text.prompt + text.answer, add_special_tokens=special,
+                            return_tensors="pt")["input_ids"][:, :settings.max_length]
+            start = 0
+            if settings.positions == "answer":
+                prompt_length = len(tokenizer(text.prompt, add_special_tokens=special)["input_ids"])
+                start = max(min(prompt_length, ids.shape[1]) - 1, 0)
             try:
                 model(input_ids=ids.to(device), use_cache=False)
             except _Stop:
@@ -124,7 +142,7 @@ def input_second_moment(model: nn.Module, tokenizer: Any, module: nn.Module, tex
                 raise EditError(f"the edited module {type(module).__name__} was not called in a forward pass; "
                                 f"the null-space projection needs its inputs (set nullspace: false)")
             keys = captured.pop()
-            keys = keys.reshape(-1, keys.shape[-1]).double()
+            keys = keys.reshape(-1, keys.shape[-1])[start:].double()
             moment = keys.T @ keys if moment is None else moment + keys.T @ keys
             tokens += keys.shape[0]
     finally:
@@ -162,7 +180,7 @@ def input_axis(module: nn.Module, tensor: torch.Tensor) -> int:
                     f"set nullspace: false or edit a linear layer")
 
 
-def build_projectors(model: nn.Module, tokenizer: Any, names: Sequence[str], texts: Sequence[str],
+def build_projectors(model: nn.Module, tokenizer: Any, names: Sequence[str], texts: Sequence[BenignText],
                      settings: NullSpaceSettings, progress: bool = False) -> dict[str, UpdateProjector]:
     """One projector per edited tensor in ``names``; the inputs of each owning module are collected once."""
     started = time.perf_counter()
@@ -180,8 +198,7 @@ def build_projectors(model: nn.Module, tokenizer: Any, names: Sequence[str], tex
             raise EditError(f"nullspace: true projects weights; {name!r} is not one (set nullspace: false)")
         axis = input_axis(module, tensor)
         if module_name not in by_module:
-            moment, tokens = input_second_moment(model, tokenizer, module, texts, settings.chat_template,
-                                                 settings.max_length, progress)
+            moment, tokens = input_second_moment(model, tokenizer, module, texts, settings, progress)
             if moment.shape[0] != tensor.shape[axis]:
                 raise EditError(f"{name!r}: its inputs have {moment.shape[0]} features but the weight's input axis "
                                 f"{tensor.shape[axis]}; set nullspace: false")
@@ -191,7 +208,7 @@ def build_projectors(model: nn.Module, tokenizer: Any, names: Sequence[str], tex
         projectors[name] = UpdateProjector(projector, axis, {
             "prompts": len(settings.prompts), "tokens": tokens, "dim": int(tensor.shape[axis]),
             "protected_rank": rank, "energy": settings.energy, "energy_left": round(left, 6),
-            "answer_tokens": settings.answer_tokens})
+            "answer_tokens": settings.answer_tokens, "positions": settings.positions})
     logger.info("DINM null space: %s in %.1f s", {n: p.record.get("protected_rank") for n, p in projectors.items()},
                 time.perf_counter() - started)
     for projector in projectors.values():

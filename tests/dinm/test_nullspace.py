@@ -26,7 +26,7 @@ def benign_energy(model: Any, tok: Any, layer: int, delta: torch.Tensor) -> floa
     settings = NullSpaceSettings(load_prompts("benign-heldout", 24), 0.999, 4, False, 1000)
     texts = benign_texts(model, tok, settings)
     module = model.get_submodule(NAME.format(layer).rsplit(".", 1)[0])
-    moment, _ = input_second_moment(model, tok, module, texts, False, 1000)
+    moment, _ = input_second_moment(model, tok, module, texts, settings)
     d = delta.double()
     return float(torch.trace(d @ moment @ d.T))
 
@@ -122,3 +122,20 @@ def test_a_missing_prompt_source_is_refused_before_the_model_changes(tok, llama,
     with pytest.raises(EditError, match="nullspace_prompts .*nope.jsonl.*set nullspace_prompts to benign-heldout"):
         editor.edit(llama, tok, [CASE])
     assert same_state(llama, before)
+
+
+def test_answer_positions_protect_only_the_generating_tokens(tok, llama) -> None:
+    """positions: answer sums the prompt's last token and the answer's tokens, nothing before."""
+    prompts = load_prompts("benign-heldout", 3)
+    every = NullSpaceSettings(prompts, 0.99, 4, False, 1000, "all")
+    answer = NullSpaceSettings(prompts, 0.99, 4, False, 1000, "answer")
+    texts = benign_texts(llama, tok, every)
+    module = llama.get_submodule("model.layers.3.mlp.down_proj")
+    _, all_tokens = input_second_moment(llama, tok, module, texts, every)
+    _, answer_tokens = input_second_moment(llama, tok, module, texts, answer)
+    answers = sum(len(tok(t.prompt + t.answer)["input_ids"]) - len(tok(t.prompt)["input_ids"]) for t in texts)
+    assert answer_tokens == answers + len(texts) < all_tokens
+    edit = DINMEditor(hparams(layers=[3], nullspace_positions="answer", **NULLSPACE), progress=False).edit(
+        llama, tok, [CASE])
+    assert edit.metadata["cases"][0]["nullspace"][NAME.format(3)]["positions"] == "answer"
+    edit.revert()
