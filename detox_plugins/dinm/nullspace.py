@@ -104,13 +104,14 @@ class _Stop(Exception):
 
 @torch.no_grad()
 def input_second_moment(model: nn.Module, tokenizer: Any, module: nn.Module, texts: Sequence[BenignText],
-                        settings: NullSpaceSettings, progress: bool = False) -> tuple[torch.Tensor, int]:
+                        settings: NullSpaceSettings, progress: bool = False,
+                        batch_size: int = 16) -> tuple[torch.Tensor, int]:
     """``K Kᵀ`` (float64, ``[d, d]``) of ``module``'s inputs over ``texts``, and how many tokens it sums.
 
     ``settings.positions`` "all" takes every token; "answer" only the tokens whose outputs become the
     answer (the prompt's last token, then the answer's): for the last block these are the only
-    positions an edit of its MLP can change the generated text at. Each text runs alone (no padding
-    enters ``K``) and the forward pass stops at ``module``."""
+    positions an edit of its MLP can change the generated text at. Texts run ``batch_size`` at a time,
+    right-padded (pad positions never enter ``K``); the forward pass stops at ``module``."""
     from tqdm.auto import tqdm
 
     from detox_plugins.evaluation.generate import adds_special_tokens
@@ -125,28 +126,36 @@ def input_second_moment(model: nn.Module, tokenizer: Any, module: nn.Module, tex
 
     moment: Optional[torch.Tensor] = None
     tokens = 0
+    saved_side, saved_pad = tokenizer.padding_side, tokenizer.pad_token
     handle = module.register_forward_pre_hook(record)
     try:
-        for text in tqdm(texts, desc="DINM null-space inputs", unit="text", disable=not progress):
-            ids = tokenizer(text.prompt + text.answer, add_special_tokens=special,
-                            return_tensors="pt")["input_ids"][:, :settings.max_length]
-            start = 0
+        tokenizer.padding_side = "right"  # real tokens keep positions 0..n-1; causal attention never sees the pads
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        batches = range(0, len(texts), batch_size)
+        for first in tqdm(batches, desc="DINM null-space inputs", unit="batch", disable=not progress):
+            batch = texts[first:first + batch_size]
+            encoded = tokenizer([t.prompt + t.answer for t in batch], add_special_tokens=special, padding=True,
+                                truncation=True, max_length=settings.max_length, return_tensors="pt")
+            mask = encoded["attention_mask"].bool()
             if settings.positions == "answer":
-                prompt_length = len(tokenizer(text.prompt, add_special_tokens=special)["input_ids"])
-                start = max(min(prompt_length, ids.shape[1]) - 1, 0)
+                for row, text in enumerate(batch):
+                    prompt_length = len(tokenizer(text.prompt, add_special_tokens=special)["input_ids"])
+                    mask[row, :max(min(prompt_length, int(mask[row].sum())) - 1, 0)] = False
             try:
-                model(input_ids=ids.to(device), use_cache=False)
+                model(input_ids=encoded["input_ids"].to(device), attention_mask=encoded["attention_mask"].to(device),
+                      use_cache=False)
             except _Stop:
                 pass
             if not captured:
                 raise EditError(f"the edited module {type(module).__name__} was not called in a forward pass; "
                                 f"the null-space projection needs its inputs (set nullspace: false)")
-            keys = captured.pop()
-            keys = keys.reshape(-1, keys.shape[-1])[start:].double()
+            keys = captured.pop()[mask.to(device)].double()
             moment = keys.T @ keys if moment is None else moment + keys.T @ keys
             tokens += keys.shape[0]
     finally:
         handle.remove()
+        tokenizer.padding_side, tokenizer.pad_token = saved_side, saved_pad
     if moment is None:
         raise EditError("the null-space projection got no benign text; set nullspace_prompts to benign-heldout")
     return moment, tokens

@@ -139,3 +139,14 @@ def test_answer_positions_protect_only_the_generating_tokens(tok, llama) -> None
         llama, tok, [CASE])
     assert edit.metadata["cases"][0]["nullspace"][NAME.format(3)]["positions"] == "answer"
     edit.revert()
+
+
+@pytest.mark.parametrize("positions", ["all", "answer"])
+def test_batched_inputs_equal_one_text_at_a_time(tok, llama, positions: str) -> None:
+    settings = NullSpaceSettings(load_prompts("benign-heldout", 5), 0.99, 3, False, 1000, positions)
+    texts = benign_texts(llama, tok, settings)
+    module = llama.get_submodule("model.layers.2.mlp.down_proj")
+    alone, alone_tokens = input_second_moment(llama, tok, module, texts, settings, batch_size=1)
+    batched, batched_tokens = input_second_moment(llama, tok, module, texts, settings, batch_size=4)
+    assert alone_tokens == batched_tokens
+    assert torch.allclose(alone, batched, rtol=1e-4, atol=1e-6 * float(alone.abs().max()))
