@@ -93,8 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--positions", nargs="+", default=["all"], choices=["all", "answer"],
                         help="nullspace_positions values")
     parser.add_argument("--reference", metavar="JSON",
-                        help="take the base and unconstrained rows from this earlier result of this script "
-                             "(same settings) instead of measuring them again")
+                        help="an earlier result of this script (same settings): its rows are kept (each says the "
+                             "command it came from) and its variants are not measured again")
     parser.add_argument("--harmbench-limit", type=int, default=40)
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--opening-words", type=int, default=25)
@@ -133,12 +133,13 @@ def main(argv: list[str] | None = None) -> int:
                 **extra}
 
     grid = variant_grid(args.energies, args.answer_tokens, counts, args.positions)
-    if args.reference:
-        earlier = json.loads(Path(args.reference).read_text(encoding="utf-8"))["rows"]
-        rows = [{**row, "from": args.reference} for row in earlier if row["variant"] in ("base", "dinm")]
-        if [row["variant"] for row in rows] != ["base", "dinm"]:
-            raise SystemExit(f"{args.reference} has no base and dinm rows")
-        del grid["dinm"]
+    if args.reference:  # an earlier run of this script: its rows are kept, its variants not measured again
+        earlier = json.loads(Path(args.reference).read_text(encoding="utf-8"))
+        rows = [{**row, "from": row.get("from", earlier["meta"]["command"])} for row in earlier["rows"]]
+        if [row["variant"] for row in rows[:2]] != ["base", "dinm"]:
+            raise SystemExit(f"{args.reference} does not start with the base and dinm rows")
+        for row in rows:
+            grid.pop(row["variant"], None)
     else:
         rows = [measure("base", {})]
     for name, overrides in tqdm(grid.items(), desc="variants", unit="variant"):
