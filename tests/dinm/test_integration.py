@@ -49,8 +49,8 @@ def test_the_null_space_edit_leaves_benign_inputs_alone(embedded_model) -> None:
     fingerprint = model_fingerprint(model)
     request = as_request(load_cases("safeedit-sample", case_id="0")[0])
     base = from_hparams("DINM/smollm2-135m")
-    protected = base.__class__.from_dict({**base.to_dict(), "nullspace": True, "nullspace_prompt_count": 40,
-                                          "nullspace_answer_tokens": 8})
+    protected = base.__class__.from_dict({**base.to_dict(), "nullspace": True, "nullspace_prompt_count": 20,
+                                          "nullspace_answer_tokens": 4})
     deltas = {}
     for label, hp in (("free", base), ("nullspace", protected)):
         edit = DINMEditor(hp, progress=False).edit(model, tok, [request])
@@ -59,7 +59,7 @@ def test_the_null_space_edit_leaves_benign_inputs_alone(embedded_model) -> None:
     assert model_fingerprint(model) == fingerprint
     name = deltas["free"][0]
     assert deltas["nullspace"][0] == name
-    settings = NullSpaceSettings(load_prompts("benign-heldout", 40), 0.99, 8, True, 1024)
+    settings = NullSpaceSettings(load_prompts("benign-heldout", 20), 0.99, 4, True, 1024)
     module = model.get_submodule(name.rsplit(".", 1)[0])
     moment, _ = input_second_moment(model, tok, module, benign_texts(model, tok, settings), settings)
 
