@@ -28,6 +28,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from torch import nn
 
     from .inputs import ScoredSequence
+    from .nullspace import BenignText, NullSpaceSettings, UpdateProjector
     from .protocol import ProtocolReport
 
 logger = logging.getLogger(__name__)
@@ -53,6 +54,7 @@ class EditPlan:
     num_layers: int
     fixed_layers: Optional[list[int]]  # from hparams.layers or the sticky layer
     metadata: dict[str, Any] = field(default_factory=dict)
+    nullspace: Optional["NullSpaceSettings"] = None  # set when the update is confined to a null space
 
 
 def template_matches(template: str, layer: int, names: Iterable[str]) -> list[str]:
@@ -280,7 +282,25 @@ class DINMEditor(Editor):
             raise EditError(
                 f"cannot find the block stack of {type(model).__name__} to locate the toxic layer; "
                 f"set 'layers' in the hparams to the layer to edit")
-        return EditPlan(cases=cases, stack=stack, num_layers=num_layers, fixed_layers=fixed)
+        return EditPlan(cases=cases, stack=stack, num_layers=num_layers, fixed_layers=fixed,
+                        nullspace=self._nullspace_settings(tokenizer))
+
+    def _nullspace_settings(self, tokenizer: Any) -> Optional["NullSpaceSettings"]:
+        """The benign prompts and settings of the null-space projection (read now: a bad source fails
+        before the model changes), or None when it is off."""
+        hp = self.hparams
+        if not hp.nullspace:
+            return None
+        from detox_plugins.evaluation.generate import uses_chat_template
+
+        from .nullspace import NullSpaceSettings, load_prompts
+
+        chat = hp.use_chat_template
+        if chat:
+            uses_chat_template(tokenizer, True)  # raises when the tokenizer has none
+        return NullSpaceSettings(prompts=load_prompts(hp.nullspace_prompts, hp.nullspace_prompt_count),
+                                 energy=hp.nullspace_energy, answer_tokens=hp.nullspace_answer_tokens,
+                                 chat_template=chat, max_length=hp.max_length, positions=hp.nullspace_positions)
 
     def _localization_sequence(self, tokenizer: Any, prompt: Optional[str], response: str) -> "ScoredSequence":
         import torch
@@ -337,7 +357,7 @@ class DINMEditor(Editor):
              ) -> tuple[dict[str, "torch.Tensor"], list[dict[str, Any]], Optional[list[int]]]:
         import torch
 
-        from .locate import locate_blocks, locate_easyedit
+        from .locate import locate_blocks, locate_by_attribution, locate_easyedit
         from .optimize import optimise_case, settings_from
 
         hp = self.hparams
@@ -364,6 +384,7 @@ class DINMEditor(Editor):
                 bar.set_postfix(case=str(current[0]), loss=f"{loss:.3g}", refresh=False)
 
         current: list[Any] = [None]
+        null_space = _NullSpaceCache(plan.nullspace, plan.stack, self.progress)
         try:
             model.eval()
             for p in params.values():
@@ -380,6 +401,9 @@ class DINMEditor(Editor):
                     if case.safe is None:
                         found = locate_easyedit(model, tokenizer, case.request.target_new,
                                                 case.request.ground_truth or "")
+                    elif hp.localize_metric == "attribution":
+                        found = locate_by_attribution(model, plan.stack, case.safe, case.unsafe,
+                                                      modules=self._trained_modules(model, plan.stack, names))
                     else:
                         # The safe localization sequence is the edit input when both use the prompt:
                         # keep its block inputs so the edit needs no separate cache pass.
@@ -404,13 +428,18 @@ class DINMEditor(Editor):
                 for name in targets:
                     if name not in originals:
                         originals[name] = params[name].detach().clone()
+                projectors = None
+                if plan.nullspace is not None:
+                    projectors = null_space.projectors(model, tokenizer, targets)
+                    record["nullspace"] = {name: p.record for name, p in projectors.items()}
                 outcome = optimise_case(model, plan.stack, targets, settings, case.edit, case.locality,
-                                        block_inputs=block_inputs, on_step=on_step)
+                                        block_inputs=block_inputs, on_step=on_step, projectors=projectors)
                 block_inputs = found = None  # free the captured activations
                 with torch.no_grad():
                     for name, delta in outcome.deltas.items():
                         if hp.sequential:
                             params[name].add_(delta)  # the next case edits on top of this one
+                            null_space.changed(name)
                         else:
                             independent[name] = independent.get(name, torch.zeros_like(delta)) + delta
                 record.update(
@@ -443,6 +472,44 @@ class DINMEditor(Editor):
             for module, mode in modes:
                 module.training = mode
         return deltas, records, sticky
+
+
+class _NullSpaceCache:
+    """The null-space projectors of one ``edit`` call, built when a case first needs them.
+
+    The benign answers are generated once, from the model before any case's delta lands. A tensor's
+    projector depends only on the blocks below its module, so it is reused by later cases until a
+    sequential delta changes a lower block (or another module of its own block)."""
+
+    def __init__(self, settings: Optional["NullSpaceSettings"], stack: Any, progress: bool) -> None:
+        self.settings = settings
+        self.stack = stack
+        self.progress = progress
+        self.texts: Optional[list["BenignText"]] = None
+        self.built: dict[str, "UpdateProjector"] = {}
+
+    def projectors(self, model: "nn.Module", tokenizer: Any, names: list[str]) -> dict[str, "UpdateProjector"]:
+        from .nullspace import benign_texts, build_projectors
+
+        assert self.settings is not None
+        if self.texts is None:
+            self.texts = benign_texts(model, tokenizer, self.settings, progress=self.progress)
+        missing = [name for name in names if name not in self.built]
+        if missing:
+            self.built.update(build_projectors(model, tokenizer, missing, self.texts, self.settings, self.progress))
+        return {name: self.built[name] for name in names}
+
+    def changed(self, name: str) -> None:
+        """``name`` moved: forget the projectors whose inputs it can change."""
+        if not self.built:
+            return
+        layer = self.stack.layer_of(name) if self.stack is not None else None
+        module = name.rpartition(".")[0]
+        for kept in list(self.built):
+            kept_layer = self.stack.layer_of(kept) if self.stack is not None else None
+            same_module = kept.rpartition(".")[0] == module
+            if layer is None or kept_layer is None or layer < kept_layer or (layer == kept_layer and not same_module):
+                del self.built[kept]
 
 
 def _example_names(names: list[str], count: int = 4) -> list[str]:

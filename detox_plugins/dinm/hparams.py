@@ -59,8 +59,10 @@ class DINMHyperParams(HyperParams):
         "false in improved."))
     localize_with_prompt: Optional[bool] = field(default=None, metadata=_help(
         "Condition localization on the prompt; null = false in compat, true in improved."))
-    localize_metric: Literal["l2", "relative_l2"] = field(default="l2", metadata=_help(
-        "Layer score: l2 distance of mean response states, or relative_l2 (divided by their mean norm)."))
+    localize_metric: Literal["l2", "relative_l2", "separability", "attribution"] = field(default="l2", metadata=_help(
+        "Layer score: l2 distance of mean response states, relative_l2 (divided by their mean norm), "
+        "separability (squared distance over the responses' token spread), or attribution (which block's "
+        "edited module most raises the unsafe answer's likelihood over the safe one: gradient x activation)."))
     locality_weight: Optional[float] = field(default=None, metadata=_help(
         "Weight of the differentiable locality KL (improved); null = 1/kl_factor."))
     edit_loss_weight: float = field(default=1.0, metadata=_help("Weight of the edit NLL (improved)."))
@@ -76,6 +78,24 @@ class DINMHyperParams(HyperParams):
     sequential: bool = field(default=True, metadata=_help(
         "Batch of requests: true = each edit applies on top of the previous (EasyEdit "
         "keep_original_weight=False); false = each from the original model (independent)."))
+
+    nullspace: bool = field(default=False, metadata=_help(
+        "Constrain the update to the null space of benign inputs: the edited matrix's outputs on the tokens of "
+        "nullspace_prompts (and the model's own answers to them) stay (nearly) unchanged (AlphaEdit's idea)."))
+    nullspace_prompts: str = field(default="benign-heldout", metadata=_help(
+        "Benign prompts whose inputs to the edited matrix the update must leave alone: a dataset name "
+        "(benign-heldout: 110 questions disjoint from the benign-150 over-refusal set) or a JSONL/JSON/TXT file."))
+    nullspace_prompt_count: Optional[int] = field(default=None, metadata=_help(
+        "Use only the first N of nullspace_prompts; null = all."))
+    nullspace_answer_tokens: int = field(default=16, metadata=_help(
+        "Also protect the inputs over the model's own greedy answer to each prompt, this many new tokens "
+        "(generated once, before the edit); 0 = the prompt tokens only."))
+    nullspace_positions: Literal["all", "answer"] = field(default="all", metadata=_help(
+        "Which tokens' inputs are protected: all (system prompt, prompt and answer), or answer (the prompt's "
+        "last token and the answer tokens: the positions whose outputs become generated text)."))
+    nullspace_energy: float = field(default=0.99, metadata=_help(
+        "Protected share of the benign inputs' energy, in (0, 1): the update is projected off the top "
+        "eigenvectors of K K^T that together hold this fraction of its trace; higher = stricter, less room."))
 
     ignored_keys: ClassVar[frozenset[str]] = frozenset()
 
@@ -96,6 +116,18 @@ class DINMHyperParams(HyperParams):
              f"rewrite_module_tmp must contain '{{}}' for the layer index, got {self.rewrite_module_tmp!r}"),
             (self.norm_constraint is not True,
              "norm_constraint must be false or a number ε, got true"),
+            (0 < self.nullspace_energy < 1,
+             f"nullspace_energy must lie strictly between 0 and 1 (a share of the benign inputs' energy), "
+             f"got {self.nullspace_energy}"),
+            (self.nullspace_prompt_count is None or self.nullspace_prompt_count >= 1,
+             f"nullspace_prompt_count must be >= 1 or null (all prompts), got {self.nullspace_prompt_count}"),
+            (self.nullspace_answer_tokens >= 0,
+             f"nullspace_answer_tokens must be >= 0 (0 = prompt tokens only), got {self.nullspace_answer_tokens}"),
+            (bool(self.nullspace_prompts.strip()),
+             "nullspace_prompts must name a dataset (e.g. benign-heldout) or a file, got an empty string"),
+            (not (self.nullspace and self.norm_constraint is not False),
+             "nullspace: true and norm_constraint cannot both hold (clamping each weight to W0 ± ε moves the "
+             "update out of the null space); set norm_constraint: false or nullspace: false"),
         ]
         for ok, message in checks:
             if not ok:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import torch
 from torch import nn
@@ -17,6 +17,9 @@ from torch import nn
 from .inputs import ScoredSequence
 from .losses import masked_kl, masked_nll, reference_log_probs
 from .runner import EditForward, PreparedInput, Stack
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .nullspace import UpdateProjector
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +85,20 @@ class _Target:
                 self.param.copy_(torch.clamp(self.param, low, high))
         self.sync_from_master()
 
+    def project_update(self, projector: "UpdateProjector") -> None:
+        """Keep only the null-space part of the update so far: ``master = start + P(master - start)``."""
+        with torch.no_grad():
+            start = self.start.float() if self.half else self.start
+            self.master.copy_(start + projector.project(self.master - start))
+        self.sync_from_master()
+
+    def project_grad(self, projector: "UpdateProjector") -> None:
+        """Project the gradient Adam sees, so its moments follow the allowed directions only."""
+        grad = self.master.grad
+        if grad is not None:
+            with torch.no_grad():
+                grad.copy_(projector.project(grad))
+
     def restore(self) -> None:
         with torch.no_grad():
             self.param.copy_(self.start)
@@ -95,12 +112,15 @@ def _to(seq: ScoredSequence, device: torch.device) -> ScoredSequence:
 def optimise_case(model: nn.Module, stack: Optional[Stack], names: list[str], settings: LoopSettings,
                   edit: ScoredSequence, locality: Optional[ScoredSequence],
                   block_inputs: Optional[dict[int, Any]] = None,
-                  on_step: Optional[Callable[[int, float], None]] = None) -> CaseOutcome:
+                  on_step: Optional[Callable[[int, float], None]] = None,
+                  projectors: Optional[dict[str, "UpdateProjector"]] = None) -> CaseOutcome:
     """Run at most ``num_steps`` Adam steps on ``names``; return their deltas (the model is restored).
 
     ``block_inputs`` (from localization on the same edit sequence) saves the capture pass. ``on_step(step,
-    loss)`` is called after every step (progress bars). Requires every parameter's ``requires_grad`` to be False on entry except as set here; the
-    caller restores the flags.
+    loss)`` is called after every step (progress bars). ``projectors`` (name -> null-space projector) confine
+    each named tensor's gradient and update to the null space of the protected inputs after every step.
+    Requires every parameter's ``requires_grad`` to be False on entry except as set here; the caller
+    restores the flags.
     """
     started = time.perf_counter()
     params = dict(model.named_parameters())
@@ -173,9 +193,13 @@ def optimise_case(model: nn.Module, stack: Optional[Stack], names: list[str], se
             loss.backward()
             for target in targets:
                 target.pull_grad()
+                if projectors and target.name in projectors:
+                    target.project_grad(projectors[target.name])
             optimizer.step()
             for target in targets:
                 target.sync_from_master()
+                if projectors and target.name in projectors:
+                    target.project_update(projectors[target.name])
                 if settings.norm_constraint is not None:
                     target.clamp(settings.norm_constraint)
             steps += 1

