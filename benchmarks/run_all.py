@@ -47,6 +47,8 @@ def plan(out: Path, work: Path, limit: int | None, threads: int = 1) -> dict[str
         "destein_speed": ["--limit", "8", "--max-new-tokens", "32", "--repeats", "8", "--threads", t,
                           "--json", str(out / "destein_speed.json")],
         "sv_speed": ["--steps", "4", "--rounds", "3", "--threads", t, "--json", str(out / "sv_speed.json")],
+        "robustness": ["--edits", str(work), "--work", str(work / "robustness"), "--threads", t,
+                       "--json", str(out / "robustness.json")],
     }
     if quick:
         scripts["quality"] += ["--limit", str(limit), "--rtp-samples", "5"]
@@ -57,6 +59,7 @@ def plan(out: Path, work: Path, limit: int | None, threads: int = 1) -> dict[str
         scripts["destein_speed"] = ["--limit", "4", "--max-new-tokens", "8", "--repeats", "2", "--step-blocks", "4",
                                     "--step-reps", "5", "--threads", t, "--json", str(out / "destein_speed.json")]
         scripts["sv_speed"] = ["--steps", "2", "--rounds", "1", "--threads", t, "--json", str(out / "sv_speed.json")]
+        scripts["robustness"] += ["--quick", "--limit", str(limit)]
     return scripts
 
 
