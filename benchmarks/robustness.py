@@ -308,6 +308,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                         help="epochs of each security vector's training (the shipped hparams say 5)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on shared cores)")
     parser.add_argument("--redo", action="store_true", help="rerun rows that already have cached results")
+    parser.add_argument("--tables-only", action="store_true",
+                        help="print (and write) the tables of the rows cached in --work; loads no model")
     parser.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "robustness.json"),
                         help="where the results JSON goes (the markdown next to it as .md)")
     args = parser.parse_args(argv)
@@ -331,6 +333,12 @@ def main(argv: Optional[list[str]] = None) -> int:
         attack_steps=2 if args.quick and args.attack_steps == defaults.attack_steps else args.attack_steps,
         attack_lr=args.attack_lr, sv_epochs=0.25 if args.quick and args.sv_epochs == defaults.sv_epochs else args.sv_epochs)
 
+    if args.tables_only:
+        results_path = Path(args.work) / "results.json"
+        if not results_path.is_file():
+            parser.error(f"--tables-only: {results_path} does not exist; run the benchmark with this --work first")
+        return _report(json.loads(results_path.read_text()), args.json)
+
     from tqdm.auto import tqdm
 
     start = time.perf_counter()
@@ -351,11 +359,16 @@ def main(argv: Optional[list[str]] = None) -> int:
                                                *(argv if argv is not None else sys.argv[1:])]),
                           "total_s": round(time.perf_counter() - start, 1)}
     run.save()
-    text = caption(run.results) + "\n\n" + tables(run.results)
+    return _report(run.results, args.json)
+
+
+def _report(results: dict[str, Any], json_path: Optional[str]) -> int:
+    """Print the caption and tables; write the results JSON and the markdown next to it."""
+    text = caption(results) + "\n\n" + tables(results)
     print(text)
-    if args.json:
-        out = Path(args.json)
-        write_file(out, json.dumps(run.results, indent=2, sort_keys=True) + "\n", overwrite=True)
+    if json_path:
+        out = Path(json_path)
+        write_file(out, json.dumps(results, indent=2, sort_keys=True) + "\n", overwrite=True)
         write_file(out.with_suffix(".md"), text + "\n", overwrite=True)
     return 0
 

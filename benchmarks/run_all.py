@@ -1,6 +1,6 @@
 """Run every benchmark, one process at a time, with a progress bar over the scripts.
 
-    python benchmarks/run_all.py                 # the full run (about 60 minutes on a 2-core CPU)
+    python benchmarks/run_all.py                 # the full run (about 85 minutes on a 2-core CPU)
     python benchmarks/run_all.py --quick         # the quick run (a few minutes): --limit 5
     python benchmarks/run_all.py --limit 10      # item counts capped at 10, quick speed settings
     make bench [LIMIT=5]                         # the same through make (installs the bench extra)
