@@ -6,9 +6,11 @@ o_proj biases) and the ``detox-all`` pipeline (DeStein, then DINM), each evaluat
 - ``before``: as edited;
 - ``attack``: after a user LoRA fine-tune of ``--attack-steps`` (10) optimizer steps on the shipped harmful
   training rows (``sv_attack.jsonl``: harmful requests answered with compliance openings, "Sure, here is how
-  to ..."). The attack is sv_protocol's harmful fine-tune (same rows, learning rate 2e-4 with linear decay,
-  rank-16 LoRA on q/k/v/o, batch 8; hparams/SecurityVectors/smollm2-135m.yaml), cut to 10 steps (80 of the
-  100 rows). The adapter is active, not merged, at evaluation;
+  to ..."). The attack is sv_protocol's harmful fine-tune (same rows, rank-16 LoRA on q/k/v/o, batch 8, linear
+  decay; hparams/SecurityVectors/smollm2-135m.yaml), cut to 10 steps (80 of the 100 rows), at learning rate
+  1e-3 (sv_protocol's "5x stronger attack") instead of its 2e-4: ten steps at 2e-4 moved the base model's
+  compliance only from 0/40 to 2/40, an attack that removes nothing (``--attack-lr 2e-4`` reruns it). The
+  adapter is active, not merged, at evaluation;
 - ``attack+sv``: the same fine-tune with a security vector active and frozen, trained beforehand on the
   *edited* model (shipped ``sv_harmful.jsonl``, the shipped vector hparams) and removed at inference
   (``--protect`` picks the rows, default base and detox-all; the base row is the reference of the survival
@@ -67,7 +69,7 @@ class RobustnessSettings:
     top_p: float = 0.9
     seed: int = 16  # sampling seed of the RTP continuations
     attack_steps: int = 10  # optimizer steps of the harmful LoRA fine-tune
-    attack_lr: float = 2e-4  # its learning rate (sv_protocol's harmful fine-tune)
+    attack_lr: float = 1e-3  # its learning rate (sv_protocol's "5x stronger attack"; its harmful fine-tune used 2e-4)
     sv_epochs: float = 1.0  # epochs of the security vector's training (shipped: 5; 1 = 13 steps, to fit the budget)
     batch_size: int = 20  # greedy generation batch
     rtp_batch_size: int = 50  # sampled sequences per forward pass
