@@ -300,6 +300,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--edits", help="folder of benchmarks/quality.py's default edits (reused when made for this "
                                         "model, else built there; default WORK/edits)")
     parser.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated subset of {', '.join(CONFIGS)}")
+    parser.add_argument("--attacks", default=",".join(ATTACKS),
+                        help=f"comma-separated subset of {', '.join(ATTACKS)} (rows of each config to measure)")
     parser.add_argument("--protect", default="base,detox-all",
                         help="configs that also get the security-vector protected fine-tune ('' = none)")
     parser.add_argument("--limit", type=int, help="cap the HarmBench and RTP prompt counts at N (a smoke run)")
@@ -318,9 +320,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     configs = [c.strip() for c in args.configs.split(",") if c.strip()]
     protect = [c.strip() for c in args.protect.split(",") if c.strip()]
+    attacks = [a.strip() for a in args.attacks.split(",") if a.strip()]
     unknown = sorted((set(configs) | set(protect)) - set(CONFIGS))
     if unknown:
         parser.error(f"unknown config(s) {', '.join(unknown)}; choose from {', '.join(CONFIGS)}")
+    if not attacks or set(attacks) - set(ATTACKS):
+        parser.error(f"--attacks {args.attacks!r}: choose from {', '.join(ATTACKS)}")
     if args.attack_steps < 1 or args.attack_lr <= 0 or args.sv_epochs <= 0:
         parser.error(f"--attack-steps must be >= 1, --attack-lr and --sv-epochs > 0; got {args.attack_steps}, "
                      f"{args.attack_lr} and {args.sv_epochs}")
@@ -348,7 +353,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     folders: dict[str, Optional[Path]] = {"base": None}
     if any(c != "base" for c in configs):
         folders.update(run.edit_folders())
-    plan = {c: [a for a in ATTACKS if (a != "attack+sv" or c in protect) and f"{c}/{a}" not in run.results["rows"]]
+    plan = {c: [a for a in attacks if (a != "attack+sv" or c in protect) and f"{c}/{a}" not in run.results["rows"]]
             for c in configs}
     bar = tqdm(total=sum(map(len, plan.values())), desc="robustness", unit="row", file=sys.stderr)
     try:
