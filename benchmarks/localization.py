@@ -5,11 +5,14 @@ on several shipped SafeEdit cases, for each localization metric. Writes JSON and
 
 Three metrics (detox_plugins/dinm/locate.py):
 
-- ``compat``: EasyEdit's (one left-padded batch of the two responses alone, Frobenius distance of
-  the padded hidden-state matrices, the last one after the final norm);
+- ``compat``: EasyEdit's (one batch of the two responses alone, padded on the tokenizer's own side,
+  Frobenius distance of the padded hidden-state matrices, the last one after the final norm);
 - ``improved l2``: raw block outputs, mean-pooled over the response tokens after the (chat-templated)
   prompt, ``||mu+ - mu-||`` (hparams DINM/smollm2-135m, the shipped setting);
-- ``improved relative_l2``: the same divided by the mean norm of ``mu+`` and ``mu-``.
+- ``improved relative_l2``: the same divided by the mean norm of ``mu+`` and ``mu-``;
+- ``improved separability``: ``||mu+ - mu-||²`` over the two responses' token spread at that layer;
+- ``improved attribution``: gradient × activation of each block's edited module (down_proj) for the
+  unsafe-minus-safe mean log-likelihood gap (one backward pass per response).
 
 The edited layer is the argmax of each row. Cases come round-robin over the 9 categories. Nothing is
 edited: only forward passes run.
@@ -27,39 +30,39 @@ from typing import Any
 
 from registry.writer import write_file
 
-METHODS = ("compat", "improved l2", "improved relative_l2")
+METHODS = ("compat", "improved l2", "improved relative_l2", "improved separability", "improved attribution")
 
 
-def _round_robin(cases: list[Any]) -> list[Any]:
-    groups: dict[str, list[Any]] = {}
-    for case in cases:
-        groups.setdefault(case.category, []).append(case)
-    ordered = []
-    for i in range(max(len(g) for g in groups.values())):
-        ordered.extend(g[i] for g in groups.values() if i < len(g))
-    return ordered
+def locate_case(model: Any, tokenizer: Any, request: Any, editor: Any) -> dict[str, Any]:
+    """Every metric's ``Localization`` of one request (no edit), keyed like ``METHODS``.
+
+    ``editor`` is an improved-mode ``DINMEditor`` without fixed layers (its plan builds the sequences)."""
+    from detox_plugins.dinm.locate import locate_blocks, locate_by_attribution, locate_easyedit
+
+    plan = editor.plan(model, tokenizer, [request])
+    seqs = plan.cases[0]
+    found = {"compat": locate_easyedit(model, tokenizer, request.target_new, request.ground_truth or "")}
+    for metric in ("l2", "relative_l2", "separability"):
+        found[f"improved {metric}"] = locate_blocks(model, plan.stack, tokenizer, seqs.safe, seqs.unsafe,
+                                                    metric=metric)
+    names = [n for n, _ in model.named_parameters()]
+    found["improved attribution"] = locate_by_attribution(
+        model, plan.stack, seqs.safe, seqs.unsafe, modules=editor._trained_modules(model, plan.stack, names))
+    return found
 
 
 def measure(model: Any, tokenizer: Any, cases: list[Any], hparams: str) -> dict[str, Any]:
     """Per-method, per-case layer scores and argmax layers."""
     from detox_plugins.dinm.editor import DINMEditor
-    from detox_plugins.dinm.locate import locate_blocks, locate_easyedit
     from detox_plugins.dinm.protocol import as_request
 
     hp = from_hparams(hparams)
     editor = DINMEditor(hp.replace(mode="improved", layers=[]))
     out: dict[str, Any] = {m: {"scores": [], "layers": []} for m in METHODS}
     for case in cases:
-        request = as_request(case)
-        found = locate_easyedit(model, tokenizer, request.target_new, request.ground_truth or "")
-        out["compat"]["scores"].append(found.scores)
-        out["compat"]["layers"].append(found.layer)
-        plan = editor.plan(model, tokenizer, [request])
-        seqs = plan.cases[0]
-        for metric in ("l2", "relative_l2"):
-            found = locate_blocks(model, plan.stack, tokenizer, seqs.safe, seqs.unsafe, metric=metric)
-            out[f"improved {metric}"]["scores"].append(found.scores)
-            out[f"improved {metric}"]["layers"].append(found.layer)
+        for method, found in locate_case(model, tokenizer, as_request(case), editor).items():
+            out[method]["scores"].append(found.scores)
+            out[method]["layers"].append(found.layer)
     for method in out.values():
         method["scores"] = [[round(s, 4) for s in row] for row in method["scores"]]
     return out
@@ -78,7 +81,8 @@ def heatmap(result: dict[str, Any], path: Path) -> None:
                              sharey=True, constrained_layout=True)
     for ax, method in zip(axes, METHODS):
         scores = np.array(result["methods"][method]["scores"], dtype=float)
-        scaled = scores / np.maximum(scores.max(axis=1, keepdims=True), 1e-12)
+        low = np.minimum(scores.min(axis=1, keepdims=True), 0)  # attribution scores can be negative
+        scaled = (scores - low) / np.maximum(scores.max(axis=1, keepdims=True) - low, 1e-12)
         image = ax.imshow(scaled, aspect="auto", cmap="viridis", vmin=0, vmax=1)
         for row, layer in enumerate(result["methods"][method]["layers"]):
             ax.plot(layer, row, marker="o", markersize=5, markerfacecolor="none", markeredgecolor="red")
@@ -88,8 +92,8 @@ def heatmap(result: dict[str, Any], path: Path) -> None:
     axes[0].set_yticks(range(len(labels)))
     axes[0].set_yticklabels(labels, fontsize=7)
     axes[0].set_ylabel("SafeEdit case (category)")
-    fig.colorbar(image, ax=axes, shrink=0.8, label="distance / row max")
-    fig.suptitle(f"DINM localization on {result['model']}: safe vs unsafe response distance per layer")
+    fig.colorbar(image, ax=axes, shrink=0.8, label="score, scaled per row")
+    fig.suptitle(f"DINM localization on {result['model']}: per-layer score of each metric")
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90)
     plt.close(fig)
@@ -108,14 +112,14 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from detox_plugins.evaluation.datasets import load_safeedit_sample
+    from detox_plugins.evaluation.datasets import interleave_by_category, load_safeedit_sample
     from registry.models import load_model
 
     torch.set_num_threads(args.threads)
     count = args.limit or args.cases
     start = time.perf_counter()
     model, tokenizer = load_model(args.model or from_hparams(args.hparams))
-    cases = _round_robin(load_safeedit_sample())[:count]
+    cases = interleave_by_category(load_safeedit_sample())[:count]
     methods = measure(model, tokenizer, cases, args.hparams)
     result = {
         "model": args.model or "smollm2-135m-instruct (embedded)", "hparams": args.hparams,

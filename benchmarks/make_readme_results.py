@@ -7,8 +7,9 @@
 The section sits between ``<!-- results:start -->`` and ``<!-- results:end -->`` in README.md;
 only that part of the README is touched. It holds, for the files present: the date, model, data
 and exact commands of the run (from run_all.json), the quality table (quality.json), the
-localization and probe tables with their heatmaps, and the speed tables. A missing file leaves
-its part out; a file that cannot be read is named in the output.
+localization and probe tables with their heatmaps, the speed tables, and DINM beside EasyEdit's own
+DINM (easyedit_dinm.json, under its own command and date). A missing file leaves its part out; a file
+that cannot be read is named in the output.
 """
 
 from __future__ import annotations
@@ -53,7 +54,8 @@ def _run(results: Path) -> list[str]:
         "```bash",
         run["command"] + "   # runs:",
     ]
-    lines += [f"{s['command']}   # {s['seconds']:.0f} s" + ("" if s["rc"] == 0 else f", FAILED (exit {s['rc']})")
+    lines += [f"{s['command']}   # skipped: {s['skipped']}" if s.get("skipped") else
+              f"{s['command']}   # {s['seconds']:.0f} s" + ("" if s["rc"] == 0 else f", FAILED (exit {s['rc']})")
               for s in run["scripts"]]
     lines += ["```", ""]
     return lines
@@ -89,6 +91,26 @@ def _localization(results: Path) -> list[str]:
         lines.append(f"| {method} | " + ", ".join(f"{x} ({n})" for n, x in counts) + " |")
     lines += ["", f"![DINM localization heatmap]({_rel(results, 'localization.png')})", ""]
     return lines
+
+
+def _localization_outcome(results: Path) -> list[str]:
+    data = _load(results, "localization_outcome")
+    if data is None or "summary" not in data:
+        return []
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("localization_outcome",
+                                                  Path(__file__).with_name("localization_outcome.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    markdown = module.markdown
+
+    return ["#### DINM localization judged by outcome", "",
+            f"Each strategy picks a layer per case; DINM ({data['hparams']}) edits it; the edited model answers "
+            f"the first {data['n_harmbench']} HarmBench prompts and {data['n_benign']} benign-150 prompts "
+            f"(greedy, chat template, {data['max_new_tokens']} new tokens, judge {data['judge']}); then the edit "
+            "is reverted.", "", markdown(data),
+            f"![DINM localization by outcome]({_rel(results, 'localization_outcome.png')})", ""]
 
 
 def _probes(results: Path) -> list[str]:
@@ -148,8 +170,20 @@ def _sv_speed(results: Path) -> list[str]:
     return lines
 
 
+def _easyedit_dinm(results: Path) -> list[str]:
+    """benchmarks/easyedit_dinm.py's table as it printed it, under its own command and date."""
+    data = _load(results, "easyedit_dinm")
+    if data is None:
+        return []
+    return ["#### DINM beside EasyEdit's own DINM", "",
+            f"`{data['command']}` ({data['date'][:10]}, commit {data.get('commit') or '?'}, "
+            f"`OMP_NUM_THREADS={data['machine'].get('OMP_NUM_THREADS')}`, {data['machine'].get('cpus')} CPUs, shared).",
+            "", data["table"].rstrip(), ""]
+
+
 SECTIONS: tuple[Callable[[Path], list[str]], ...] = (
-    _run, _quality, _localization, _probes, _dinm_speed, _destein_speed, _sv_speed)
+    _run, _quality, _localization, _localization_outcome, _probes, _dinm_speed, _easyedit_dinm, _destein_speed,
+    _sv_speed)
 
 
 def render(results: Path) -> str:

@@ -127,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--make-default-edits", metavar="WORKDIR",
                         help="create (if missing) and evaluate the dinm, destein and detox-all edits")
     parser.add_argument("--no-base", action="store_true", help="leave out the base-model row")
+    parser.add_argument("--no-safety-prompt", action="store_true",
+                        help="leave out the first row (no edit, a safety system prompt)")
     parser.add_argument("--force", action="store_true", help="apply edits made for another model fingerprint")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--json", default="benchmarks/results/quality.json", help="summary JSON ('' = none)")
@@ -150,7 +152,8 @@ def main(argv: list[str] | None = None) -> int:
         defaults = []
         if args.make_default_edits:
             defaults = [SuiteConfig.parse(s) for s in make_default_edits(args.make_default_edits, model, tokenizer)]
-        configs = ([] if args.no_base else [SuiteConfig("base")]) + defaults + own
+        configs = (([] if args.no_safety_prompt else [SuiteConfig.safety_prompt()]) +
+                   ([] if args.no_base else [SuiteConfig("base")]) + defaults + own)
         edits_s = time.perf_counter() - start
 
         def save(partial: Any) -> None:

@@ -13,7 +13,8 @@ Every child runs with ``OMP_NUM_THREADS=1`` (unless set) and torch threads 1: on
 
 ``--limit N`` caps the item counts of quality.py and localization.py at N and switches the speed
 and probe benchmarks to their small settings; a failing script is reported and the others still
-run (the exit status is then 1).
+run (the exit status is then 1). A script whose environment is missing (easyedit_dinm without
+``.venv-hosts``) is skipped with the reason and the command that creates it.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ def plan(out: Path, work: Path, limit: int | None, threads: int = 1) -> dict[str
     scripts: dict[str, list[str]] = {
         "quality": ["--make-default-edits", str(work), "--json", str(out / "quality.json"), "--threads", t],
         "localization": ["--cases", "18", "--json", str(out / "localization.json"), "--threads", t],
+        "localization_outcome": ["--cases", "18", "--json", str(out / "localization_outcome.json"), "--threads", t],
         "destein_probes": ["--json", str(out / "destein_probes.json"), "--threads", t],
         "dinm_speed": ["--limit", "3", "--threads", t, "--json", str(out / "dinm_speed.json")],
         "destein_speed": ["--limit", "8", "--max-new-tokens", "32", "--repeats", "8", "--threads", t,
@@ -49,10 +51,13 @@ def plan(out: Path, work: Path, limit: int | None, threads: int = 1) -> dict[str
         "sv_speed": ["--steps", "4", "--rounds", "3", "--threads", t, "--json", str(out / "sv_speed.json")],
         "robustness": ["--edits", str(work), "--work", str(work / "robustness"), "--threads", t,
                        "--json", str(out / "robustness.json")],
+        # EasyEdit's own DINM beside ours; it reruns itself in .venv-hosts (its stdout is the table).
+        "easyedit_dinm": ["--cases", "6", "--threads", t, "--json", str(out / "easyedit_dinm.json"), "--md", "-"],
     }
     if quick:
         scripts["quality"] += ["--limit", str(limit), "--rtp-samples", "5"]
         scripts["localization"] += ["--limit", str(min(limit, 18))]
+        scripts["localization_outcome"] += ["--limit", str(min(limit, 2)), "--harmbench", "5", "--benign-stride", "15"]
         scripts["destein_probes"] += ["--limit", "1"]
         scripts["dinm_speed"] = ["--limit", "1", "--configs", "improved", "compat", "--threads", t,
                                  "--json", str(out / "dinm_speed.json")]
@@ -60,7 +65,19 @@ def plan(out: Path, work: Path, limit: int | None, threads: int = 1) -> dict[str
                                     "--step-reps", "5", "--threads", t, "--json", str(out / "destein_speed.json")]
         scripts["sv_speed"] = ["--steps", "2", "--rounds", "1", "--threads", t, "--json", str(out / "sv_speed.json")]
         scripts["robustness"] += ["--quick", "--limit", str(limit)]
+        scripts["easyedit_dinm"][1] = str(min(limit, 2))
     return scripts
+
+
+def missing_requirement(name: str) -> str | None:
+    """Why script ``name`` cannot run on this machine (it is then skipped, not failed), or None."""
+    if name == "easyedit_dinm":
+        venv = Path(os.environ.get("VENV_HOSTS") or ".venv-hosts")
+        python = (venv if venv.is_absolute() else ROOT / venv) / "bin" / "python"
+        if not python.is_file():
+            return (f"needs EasyEdit's environment {_short(python.parent.parent)} (transformers 5.5.4); "
+                    f"create it with `bash scripts/setup_hosts.sh` (make setup-hosts)")
+    return None
 
 
 def _short(path: Path) -> Path:
@@ -84,6 +101,14 @@ def _tail(path: Path, lines: int = 15) -> str:
         return "\n".join(path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
     except OSError:
         return ""
+
+
+def _run_script(command: list[str], env: dict[str, str], table: Path, log: Path) -> tuple[int, float]:
+    """Run one benchmark (stdout to its markdown file, stderr to its log): (exit status, seconds)."""
+    start = time.perf_counter()
+    with table.open("w", encoding="utf-8") as stdout, log.open("w", encoding="utf-8") as stderr:
+        rc = subprocess.run(command, cwd=ROOT, env=env, stdout=stdout, stderr=stderr).returncode
+    return rc, time.perf_counter() - start
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -123,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
         "scripts": [],
     }
     start = time.perf_counter()
-    failed = []
+    failed: list[str] = []
+    skipped: list[str] = []
     bar = tqdm(names, desc="benchmarks", unit="script", file=sys.stderr)
     for name in bar:
         bar.set_postfix_str(name)
@@ -131,26 +157,31 @@ def main(argv: list[str] | None = None) -> int:
         shown = " ".join(["python", f"benchmarks/{name}.py",
                           *[a.replace(str(ROOT) + os.sep, "") for a in scripts[name]]])
         log = ROOT / out / "logs" / f"{name}.log"
-        t0 = time.perf_counter()
-        with (ROOT / out / f"{name}.md").open("w", encoding="utf-8") as stdout, log.open("w", encoding="utf-8") as stderr:
-            rc = subprocess.run(command, cwd=ROOT, env=env, stdout=stdout, stderr=stderr).returncode
-        seconds = time.perf_counter() - t0
-        record["scripts"].append({"name": name, "command": shown, "rc": rc, "seconds": round(seconds, 1)})
-        if rc:
-            failed.append(name)
-            tqdm.write(f"{name} failed (exit {rc}) after {seconds:.0f} s; last lines of {log}:\n{_tail(log)}",
-                       file=sys.stderr)
+        reason = missing_requirement(name)
+        if reason:
+            skipped.append(name)
+            record["scripts"].append({"name": name, "command": shown, "rc": None, "seconds": 0.0, "skipped": reason})
+            tqdm.write(f"{name} skipped: {reason}", file=sys.stderr)
         else:
-            tqdm.write(f"{name}: {seconds:.0f} s", file=sys.stderr)
+            rc, seconds = _run_script(command, env, ROOT / out / f"{name}.md", log)
+            record["scripts"].append({"name": name, "command": shown, "rc": rc, "seconds": round(seconds, 1)})
+            if rc:
+                failed.append(name)
+                tqdm.write(f"{name} failed (exit {rc}) after {seconds:.0f} s; last lines of {log}:\n{_tail(log)}",
+                           file=sys.stderr)
+            else:
+                tqdm.write(f"{name}: {seconds:.0f} s", file=sys.stderr)
         record["total_s"] = round(time.perf_counter() - start, 1)
         write_file(ROOT / out / "run_all.json", json.dumps(record, indent=2) + "\n", overwrite=True)
     bar.close()
     total = time.perf_counter() - start
     print(f"\n{record['mode']} benchmark run{' (limit ' + str(limit) + ')' if limit else ''}: "
-          f"{len(names) - len(failed)}/{len(names)} scripts ok in {total / 60:.1f} min; results in {out}\n")
+          f"{len(names) - len(failed) - len(skipped)}/{len(names)} scripts ok"
+          f"{f', {len(skipped)} skipped' if skipped else ''} in {total / 60:.1f} min; results in {out}\n")
     print("| script | exit | seconds |\n|---|---|---|")
     for entry in record["scripts"]:
-        print(f"| {entry['name']} | {entry['rc']} | {entry['seconds']:.0f} |")
+        status = "skipped: " + entry["skipped"] if entry.get("skipped") else entry["rc"]
+        print(f"| {entry['name']} | {status} | {entry['seconds']:.0f} |")
     print("\nNext: python benchmarks/make_readme_results.py   # the README's Results section from these files")
     return 1 if failed else 0
 

@@ -9,10 +9,12 @@
 # What EasyEdit's package import needs, module by module (found by importing it; versions are its
 # requirements.txt pins where it has one): higher omegaconf hydra-core timm pandas iopath fairscale
 # opencv-python av qwen_vl_utils sentence-transformers einops datasets matplotlib accelerate peft
-# zhipuai sniffio nltk openai rouge. timm requires torchvision: installed as the pair matching torch
-# 2.13 (0.28.0), because an unpinned torchvision resolves to 0.29 and replaces the CPU torch with the
-# 3 GB CUDA torch 2.14. That wheel's compiled ops need CUDA torch; easyedit_host patches
-# the one import failure this causes (see there and the README).
+# zhipuai sniffio nltk openai rouge. EasyEdit2's steer/ method tables add python-dotenv and sae-lens (imported
+# by its caa/sta/sae_feature generators; pinned as in its requirements_2.txt; neither changes torch or
+# transformers). timm requires torchvision: installed as the pair matching torch 2.13 (0.28.0), because
+# an unpinned torchvision resolves to 0.29 and replaces the CPU torch with the 3 GB CUDA torch 2.14.
+# That wheel's compiled ops need CUDA torch; easyedit_host patches the one import failure this causes
+# (see there and the README).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,7 +26,8 @@ HOST_PACKAGES=(
   accelerate==1.16.0 higher==0.2.1 omegaconf==2.3.0 hydra-core==1.3.2 timm==1.0.22 pandas==2.3.3
   iopath==0.1.10 fairscale==0.4.13 opencv-python==4.12.0.88 av==14.2.0 qwen_vl_utils==0.0.10
   sentence-transformers==5.5.1 einops==0.8.1 datasets==4.8.5 matplotlib==3.10.7 zhipuai==2.1.5.20250415
-  sniffio==1.3.1 nltk==3.10.4 openai==2.8.1 rouge==1.0.1 scikit-learn==1.9.1 numpy==2.2.6
+  sniffio==1.3.1 nltk==3.10.4 openai==2.8.1 rouge==1.0.1 scikit-learn==1.9.1 numpy==2.2.6 python-dotenv==1.1.1
+  sae-lens==6.44.2
 )
 # This package's own light requirements (setup.cfg install_requires minus torch/transformers/peft) and pytest.
 OWN_PACKAGES=("setuptools>=77" wheel pluggy pyyaml sentencepiece "safetensors>=0.4" "gguf>=0.10" tqdm packaging "pytest>=8")

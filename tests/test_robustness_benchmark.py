@@ -6,7 +6,6 @@ tests build its result rows by hand and check what the tables make of them.
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -14,16 +13,13 @@ from typing import Any
 
 import pytest
 
+from tests.benchmark_scripts import load_benchmark
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _module() -> Any:
-    spec = importlib.util.spec_from_file_location("robustness_benchmark", ROOT / "benchmarks" / "robustness.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve the module's annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("robustness")
 
 
 def _row(refused: int, emt: float, toxic: int, n: int = 40, samples: int = 100) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import numbers
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 from registry.errors import EditError
 
@@ -75,11 +75,16 @@ def validate_alpha(alpha: AlphaLike) -> Union[float, Any]:
 
 
 class Strength:
-    """The shared, mutable α of one edit's hooks (a float, or one value per batch row)."""
+    """The shared, mutable α of one edit's hooks (a float, or one value per batch row).
+
+    ``gate``, when set, is asked at every forward: the hooks steer only while it returns True (a host
+    that switches steering off and on by its own state, e.g. EasyEdit2's original-output pass, sets it).
+    """
 
     def __init__(self, alpha: AlphaLike) -> None:
         self.value: Union[float, Any] = validate_alpha(alpha)
         self.paused = False
+        self.gate: Optional[Callable[[], bool]] = None
         self.version = 0
         self._rows: dict[Any, Any] = {}
 
@@ -106,7 +111,9 @@ class Strength:
         return cached
 
     def inactive(self) -> bool:
-        return self.paused or (isinstance(self.value, float) and self.value == 0.0)
+        if self.paused or (isinstance(self.value, float) and self.value == 0.0):
+            return True
+        return self.gate is not None and not self.gate()
 
 
 class RotateHook:

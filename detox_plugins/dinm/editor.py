@@ -337,7 +337,7 @@ class DINMEditor(Editor):
              ) -> tuple[dict[str, "torch.Tensor"], list[dict[str, Any]], Optional[list[int]]]:
         import torch
 
-        from .locate import locate_blocks, locate_easyedit
+        from .locate import locate_blocks, locate_by_attribution, locate_easyedit
         from .optimize import optimise_case, settings_from
 
         hp = self.hparams
@@ -380,6 +380,9 @@ class DINMEditor(Editor):
                     if case.safe is None:
                         found = locate_easyedit(model, tokenizer, case.request.target_new,
                                                 case.request.ground_truth or "")
+                    elif hp.localize_metric == "attribution":
+                        found = locate_by_attribution(model, plan.stack, case.safe, case.unsafe,
+                                                      modules=self._trained_modules(model, plan.stack, names))
                     else:
                         # The safe localization sequence is the edit input when both use the prompt:
                         # keep its block inputs so the edit needs no separate cache pass.

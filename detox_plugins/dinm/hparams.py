@@ -59,8 +59,10 @@ class DINMHyperParams(HyperParams):
         "false in improved."))
     localize_with_prompt: Optional[bool] = field(default=None, metadata=_help(
         "Condition localization on the prompt; null = false in compat, true in improved."))
-    localize_metric: Literal["l2", "relative_l2"] = field(default="l2", metadata=_help(
-        "Layer score: l2 distance of mean response states, or relative_l2 (divided by their mean norm)."))
+    localize_metric: Literal["l2", "relative_l2", "separability", "attribution"] = field(default="l2", metadata=_help(
+        "Layer score: l2 distance of mean response states, relative_l2 (divided by their mean norm), "
+        "separability (squared distance over the responses' token spread), or attribution (which block's "
+        "edited module most raises the unsafe answer's likelihood over the safe one: gradient x activation)."))
     locality_weight: Optional[float] = field(default=None, metadata=_help(
         "Weight of the differentiable locality KL (improved); null = 1/kl_factor."))
     edit_loss_weight: float = field(default=1.0, metadata=_help("Weight of the edit NLL (improved)."))

@@ -8,7 +8,14 @@ tokenizer's own side,
 ``locate_blocks`` is the fixed version: the raw output of every block, collected with forward hooks
 (never the post-norm final state), mean-pooled over the response tokens only (each sequence runs
 alone, so no padding enters), optionally after the prompt; score ``‖μ+ − μ−‖₂``, or that divided by the mean norm of
-``μ±`` (``relative_l2``), since the residual stream grows with depth.
+``μ±`` (``relative_l2``), since the residual stream grows with depth, or ``separability``: the squared
+distance of the means divided by the two responses' token spread at that layer
+(``‖μ+ − μ−‖² / (tr Σ+ + tr Σ−)``), which does not grow with the residual norm.
+
+``locate_by_attribution`` asks which edited module carries the unsafe answer: per block, the
+gradient × activation of the edited module's output for the gap between the unsafe and the safe
+response's mean token log-likelihood (a first-order estimate of how much that module's output raises
+the unsafe answer over the safe one); the block with the largest share is edited.
 """
 
 from __future__ import annotations
@@ -170,6 +177,7 @@ def locate_blocks(model: nn.Module, stack: Stack, tokenizer: Any, safe: ScoredSe
     keep = capture_inputs and stack.num_layers * per_layer <= CAPTURE_LIMIT_BYTES
     last = stack.num_layers - 1
     means: dict[int, list[torch.Tensor]] = {}
+    square_norms: dict[int, list[torch.Tensor]] = {}  # pooled ‖h‖², for the token spread
 
     def run(ids: torch.Tensor, weights: Optional[torch.Tensor], record: bool, **extra: Any) -> dict[int, BlockRecord]:
         """One pass over ``ids``; block outputs pooled with ``weights`` (None: not pooled)."""
@@ -177,8 +185,9 @@ def locate_blocks(model: nn.Module, stack: Stack, tokenizer: Any, safe: ScoredSe
         if weights is not None:
             def make_hook(index: int):
                 def hook(_module: nn.Module, _args: Any, output: Any) -> None:
-                    states = output[0] if isinstance(output, (tuple, list)) else output
-                    means.setdefault(index, []).append(weights @ states[0].float())
+                    states = (output[0] if isinstance(output, (tuple, list)) else output)[0].float()
+                    means.setdefault(index, []).append(weights @ states)
+                    square_norms.setdefault(index, []).append(weights @ states.pow(2).sum(-1))
                 return hook
             handles = [block.register_forward_hook(make_hook(i)) for i, block in enumerate(stack.blocks)]
         recorder = BlockRecorder(stack, range(stack.num_layers) if record else [], trained_modules, stop_after=last)
@@ -220,6 +229,61 @@ def locate_blocks(model: nn.Module, stack: Stack, tokenizer: Any, safe: ScoredSe
         if metric == "relative_l2":
             scale = 0.5 * (torch.linalg.vector_norm(mu[0]) + torch.linalg.vector_norm(mu[1]))
             distance = distance / scale.clamp_min(1e-12)
+        elif metric == "separability":
+            spread = sum((square_norms[index][row] - mu[row].pow(2).sum()).clamp_min(0.0) for row in (0, 1))
+            distance = distance.pow(2) / torch.as_tensor(spread).clamp_min(1e-12)
         scores.append(float(distance))
     layer = layers[_argmax_first(scores)]
     return Localization(layer, scores, f"blocks/{metric}", block_inputs=captured or None)
+
+
+def _mean_log_likelihood(model: nn.Module, seq: ScoredSequence, device: torch.device) -> torch.Tensor:
+    """The mean log-probability of ``seq``'s scored tokens (a differentiable scalar)."""
+    logits = model(input_ids=seq.input_ids.to(device), use_cache=False).logits[0].float()
+    log_probs = torch.log_softmax(logits[seq.positions.to(device)], dim=-1)
+    picked = log_probs.gather(-1, seq.targets.to(device).unsqueeze(-1)).squeeze(-1)
+    weights = seq.weights.to(device)
+    return (picked * weights).sum() / weights.sum().clamp_min(1.0)
+
+
+def locate_by_attribution(model: nn.Module, stack: Stack, safe: ScoredSequence, unsafe: ScoredSequence, *,
+                          modules: Optional[dict[int, nn.Module]] = None) -> Localization:
+    """The block whose edited module's output most raises the unsafe response over the safe one.
+
+    For each sequence, one forward and one backward pass of its mean token log-likelihood ``ℓ``; the
+    score of block ``i`` is ``Σ_t ∂ℓ_unsafe/∂o_t · o_t − Σ_t ∂ℓ_safe/∂o_t · o_t`` over the output
+    ``o`` of ``modules[i]`` (the module the edit trains; the whole block where none is given). No
+    parameter receives a gradient: the input embeddings are made to require one instead, and the
+    model's ``requires_grad`` flags are left as they were.
+    """
+    device = _device(model)
+    watched = dict(modules) if modules else dict(enumerate(stack.blocks))
+    layers = sorted(watched)
+    embeddings = model.get_input_embeddings()
+    contributions: list[torch.Tensor] = []
+    for seq in (safe, unsafe):
+        outputs: dict[int, torch.Tensor] = {}
+
+        def make_hook(index: int):
+            def hook(_module: nn.Module, _args: Any, output: Any) -> None:
+                outputs[index] = output[0] if isinstance(output, (tuple, list)) else output
+            return hook
+
+        def needs_grad(_module: nn.Module, _args: Any, output: torch.Tensor) -> torch.Tensor:
+            return output.detach().requires_grad_(True)
+
+        handles = [watched[i].register_forward_hook(make_hook(i)) for i in layers]
+        handles.append(embeddings.register_forward_hook(needs_grad))
+        try:
+            with torch.enable_grad():
+                likelihood = _mean_log_likelihood(model, seq, device)
+                tensors = [outputs[i] for i in layers]
+                grads = torch.autograd.grad(likelihood, tensors, allow_unused=True)
+        finally:
+            for handle in handles:
+                handle.remove()
+        contributions.append(torch.stack([
+            (g.float() * t.detach().float()).sum() if g is not None else torch.zeros((), device=device)
+            for g, t in zip(grads, tensors)]))
+    scores = [float(v) for v in (contributions[1] - contributions[0])]
+    return Localization(layers[_argmax_first(scores)], scores, "attribution")

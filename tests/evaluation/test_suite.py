@@ -77,6 +77,7 @@ def test_numbers_equal_and_gsm8k_accuracy() -> None:
 
 def test_config_specs_and_settings_validation() -> None:
     assert suite.SuiteConfig.parse("base") == suite.SuiteConfig("base")
+    assert suite.SuiteConfig.parse("safety-prompt") == suite.SuiteConfig.safety_prompt()
     assert suite.SuiteConfig.parse("mine=edits/d1") == suite.SuiteConfig("mine", "edits/d1")
     assert suite.SuiteConfig.parse("edits/dinm-1/") == suite.SuiteConfig("dinm-1", "edits/dinm-1/")
     for bad, match in (("=x", "NAME=DIR"), ("base=edits/x", "reserved")):
@@ -222,6 +223,34 @@ def test_edit_outputs_differ_from_base(tiny, tmp_path, real_registry) -> None:
     assert answers["base"] != answers["steer"]
 
 
+def test_the_safety_prompt_row_is_prompted_and_cached_apart_from_the_base(tiny, tmp_path) -> None:
+    """The safety-prompt row's answers come from prompts after the system prompt (not the base's answers,
+    even when the base is cached), and each of the two rows has its own cache entries."""
+    from detox_plugins.evaluation.cache import cache_root
+    from detox_plugins.evaluation.generate import generate
+
+    model, tokenizer = tiny
+    settings = _settings(_write_sources(tmp_path / "data"), rtp=0, gsm8k=0, harmbench=0, donotanswer=0,
+                         benign_max_new_tokens=5)
+    configs = [suite.SuiteConfig.safety_prompt(), suite.SuiteConfig("base")]
+    first = suite.run_suite(model, tokenizer, configs, settings, progress=False)
+    assert [row["cache"]["benign"] for row in first.rows] == ["miss", "miss"]
+    prompts = [i["prompt"] for i in first.items if i["config"] == "base"]
+    expected = generate(model, tokenizer, prompts, max_new_tokens=5, batch_size=settings.batch_size, progress=False,
+                        system_prompt=suite.SAFETY_SYSTEM_PROMPT)
+    assert [i["response"] for i in first.items if i["config"] == "safety-prompt"] == expected
+    second = suite.run_suite(model, tokenizer, configs, settings, progress=False)
+    assert [row["cache"]["benign"] for row in second.rows] == ["hit", "hit"]
+    assert [i["response"] for i in second.items] == [i["response"] for i in first.items]
+    assert len(list(cache_root().glob("*.json"))) == 2
+
+
+def test_rate_cells_carry_their_wilson_interval() -> None:
+    assert suite._cell(0.225, "pct", 40) == "22.5 % [12.3, 37.5]"
+    assert suite._cell(0.0, "pct", 40) == "0.0 % [0.0, 8.8]"
+    assert suite._cell(0.5, "pct") == "50.0 %"  # no count known: no interval
+
+
 def test_task_count_zero_skips_the_task(tiny, tmp_path) -> None:
     model, tokenizer = tiny
     settings = _settings(_write_sources(tmp_path / "data"), harmbench=0, donotanswer=0, rtp=0, gsm8k=0)
@@ -307,9 +336,12 @@ def test_report_command_on_a_saved_model_folder(tiny, tmp_path, real_registry, c
     printed = capsys.readouterr().out
     lines = [line for line in printed.splitlines() if line.startswith("|")]
     assert lines[0].startswith("| config | HarmBench refusal ↑ (n=2)")
-    assert [line.split("|")[1].strip() for line in lines[2:]] == ["base", "mine"]
+    assert [line.split("|")[1].strip() for line in lines[2:]] == ["safety-prompt", "base", "mine"]
+    assert all("[" in line.split("|")[2] for line in lines[2:])  # every rate has its interval
     saved = json.loads(out.read_text())
-    assert [row["config"] for row in saved["configs"]] == ["base", "mine"]
+    assert [row["config"] for row in saved["configs"]] == ["safety-prompt", "base", "mine"]
+    assert saved["configs"][0]["system_prompt"] == suite.SAFETY_SYSTEM_PROMPT
+    assert saved["configs"][0]["system_prompt_version"] == suite.SAFETY_SYSTEM_PROMPT_VERSION
     assert saved["meta"]["model"] == str(model_dir) and items_path(out).is_file()
 
 
@@ -326,13 +358,9 @@ def test_report_help_and_errors(capsys, tmp_path) -> None:
 
 
 def _readme_generator() -> Any:
-    import importlib.util
+    from tests.benchmark_scripts import load_benchmark
 
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "make_readme_results.py"
-    spec = importlib.util.spec_from_file_location("make_readme_results", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
+    return load_benchmark("make_readme_results")
 
 
 def test_readme_section_is_generated_from_the_suite_json(tiny, tmp_path) -> None:
