@@ -31,7 +31,7 @@ test-hosts: setup-hosts
 test-fast: setup
 	$(VENV)/bin/python -m pytest -m "not integration" $(PYTEST_ARGS)
 
-## Every benchmark (about 60 minutes on a 2-core CPU; LIMIT=5 for the quick run), results in benchmarks/results/.
+## Every benchmark (about 85 minutes on a 2-core CPU; LIMIT=5 for the quick run), results in benchmarks/results/.
 bench: setup
 	@$(VENV)/bin/python -c "import matplotlib" 2>/dev/null || $(VENV)/bin/python -m pip install -q -e ".[bench]"
 	$(VENV)/bin/python benchmarks/run_all.py $(if $(LIMIT),--limit $(LIMIT))

@@ -1,6 +1,6 @@
 """Run every benchmark, one process at a time, with a progress bar over the scripts.
 
-    python benchmarks/run_all.py                 # the full run (about 60 minutes on a 2-core CPU)
+    python benchmarks/run_all.py                 # the full run (about 85 minutes on a 2-core CPU)
     python benchmarks/run_all.py --quick         # the quick run (a few minutes): --limit 5
     python benchmarks/run_all.py --limit 10      # item counts capped at 10, quick speed settings
     make bench [LIMIT=5]                         # the same through make (installs the bench extra)
@@ -49,6 +49,8 @@ def plan(out: Path, work: Path, limit: int | None, threads: int = 1) -> dict[str
         "destein_speed": ["--limit", "8", "--max-new-tokens", "32", "--repeats", "8", "--threads", t,
                           "--json", str(out / "destein_speed.json")],
         "sv_speed": ["--steps", "4", "--rounds", "3", "--threads", t, "--json", str(out / "sv_speed.json")],
+        "robustness": ["--edits", str(work), "--work", str(work / "robustness"), "--threads", t,
+                       "--json", str(out / "robustness.json")],
         # EasyEdit's own DINM beside ours; it reruns itself in .venv-hosts (its stdout is the table).
         "easyedit_dinm": ["--cases", "6", "--threads", t, "--json", str(out / "easyedit_dinm.json"), "--md", "-"],
     }
@@ -62,6 +64,7 @@ def plan(out: Path, work: Path, limit: int | None, threads: int = 1) -> dict[str
         scripts["destein_speed"] = ["--limit", "4", "--max-new-tokens", "8", "--repeats", "2", "--step-blocks", "4",
                                     "--step-reps", "5", "--threads", t, "--json", str(out / "destein_speed.json")]
         scripts["sv_speed"] = ["--steps", "2", "--rounds", "1", "--threads", t, "--json", str(out / "sv_speed.json")]
+        scripts["robustness"] += ["--quick", "--limit", str(limit)]
         scripts["easyedit_dinm"][1] = str(min(limit, 2))
     return scripts
 

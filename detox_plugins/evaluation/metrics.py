@@ -304,6 +304,27 @@ def format_rate(successes: int, n: int, z: float = 1.96) -> str:
     return f"{100 * successes / n:.1f} % [{100 * low:.1f}, {100 * high:.1f}] ({successes}/{n})"
 
 
+def surviving_share(edited_attacked: float, base_attacked: float, edited: float, base: float,
+                    *, min_gain: float = 1e-9) -> float | None:
+    """How much of an edit's effect survives a later change of the model (here: a fine-tune attack).
+
+    ``(edited_attacked - base_attacked) / (edited - base)``: the edit's effect over the base model
+    after the attack, as a share of its effect before. 1 = all of it survives, 0 = none, below 0 =
+    the attacked edited model is worse than the attacked base, above 1 = the attack widened the gap.
+    It works for a gain (refusal rate) and a reduction (toxicity) alike, since both differences
+    carry the same sign. None when the edit had no effect to survive (``|edited - base| <= min_gain``).
+    """
+    values = {"edited_attacked": edited_attacked, "base_attacked": base_attacked, "edited": edited, "base": base}
+    bad = [name for name, value in values.items() if not isinstance(value, (int, float)) or math.isnan(value)]
+    if bad:
+        raise DetoxError(f"surviving_share needs four numbers; {', '.join(bad)} is missing or NaN "
+                         f"(evaluate that model first)")
+    gain = edited - base
+    if abs(gain) <= min_gain:
+        return None
+    return (edited_attacked - base_attacked) / gain
+
+
 def roc_auc(scores: Sequence[float], labels: Sequence[bool | int]) -> float:
     """Area under the ROC curve: P(score of a positive > score of a negative), ties counting 1/2."""
     if len(scores) != len(labels):

@@ -162,3 +162,23 @@ def test_wilson_interval_refuses_impossible_counts():
         wilson_interval(0, 0)
     with pytest.raises(DetoxError, match="between 0 and n"):
         wilson_interval(5, 4)
+
+
+def test_surviving_share_of_a_gain_and_of_a_reduction():
+    from detox_plugins.evaluation.metrics import surviving_share
+
+    # refusal 0.0 -> 0.225 by the edit; after the attack 0.05 (base) vs 0.15 (edited): 0.10 / 0.225 survives
+    assert surviving_share(0.15, 0.05, 0.225, 0.0) == pytest.approx(0.10 / 0.225)
+    # toxicity 0.56 -> 0.31 by the edit (a reduction); attacked 0.60 (base) vs 0.60 (edited): nothing survives
+    assert surviving_share(0.60, 0.60, 0.31, 0.56) == pytest.approx(0.0)
+    # the attacked edited model more toxic than the attacked base: a negative share
+    assert surviving_share(0.70, 0.60, 0.31, 0.56) == pytest.approx(-0.4)
+    assert surviving_share(0.31, 0.56, 0.31, 0.56) == pytest.approx(1.0)
+
+
+def test_surviving_share_without_an_effect_or_with_a_missing_value():
+    from detox_plugins.evaluation.metrics import surviving_share
+
+    assert surviving_share(0.1, 0.0, 0.0, 0.0) is None  # no gain to survive
+    with pytest.raises(DetoxError, match="base_attacked is missing or NaN"):
+        surviving_share(0.1, float("nan"), 0.2, 0.0)
