@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.json:
                 partial.meta["run"] = {"command": " ".join(["python", "benchmarks/quality.py", *sys.argv[1:]]),
                                        "setup_s": round(edits_s, 1)}
-                partial.write(args.json)
+                partial.write(args.json, overwrite=True)  # this run's own progress file
 
         result = run_suite(model, tokenizer, configs, settings, force=args.force, progress=args.progress,
                            model_label=args.model or "smollm2-135m-instruct (embedded)", on_config=save)
@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
                           "setup_s": round(edits_s, 1), "total_s": round(time.perf_counter() - start, 1)}
     print_result(result)
     if args.json:
-        summary, items = result.write(args.json)
+        summary, items = result.write(args.json, overwrite=True)  # replaces this run's progress saves
         print(f"\nwrote {summary} and {items}")
     return 0
 
