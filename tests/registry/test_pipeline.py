@@ -86,6 +86,7 @@ def test_shipped_pipelines_parse_and_name_their_steps(reg):
     assert detox.model_name == "smollm2-135m-instruct"
     assert [r.case_id for r in detox.steps[1].inputs] == [0]
     assert detox.steps[0].editor.hparams.apply == "bias_fold" and detox.steps[0].editor.hparams.progress is False
+    assert detox.steps[0].editor.hparams.alpha == 0.5 and detox.steps[1].editor.hparams.num_steps == 20
     sv = load_pipeline("sv-finetune-then-dinm")
     assert [s.editor_name for s in sv.steps] == ["SecurityVectors", "DINM"]
     step = sv.steps[0].inputs
