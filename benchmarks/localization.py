@@ -68,27 +68,38 @@ def measure(model: Any, tokenizer: Any, cases: list[Any], hparams: str) -> dict[
     return out
 
 
+def score_panel(ax: Any, scores: Any, picked: list[int], title: str, xlabel: str = "layer (red: located)") -> Any:
+    """One heatmap panel: rows = cases, columns = layers, each row scaled to [0, 1] (its maximum 1, its
+    minimum or 0, whichever is lower, 0: attribution scores can be negative); a red ring on each row's
+    picked layer. Returns the image."""
+    import numpy as np
+
+    scores = np.asarray(scores, dtype=float)
+    low = np.minimum(scores.min(axis=1, keepdims=True), 0)
+    scaled = (scores - low) / np.maximum(scores.max(axis=1, keepdims=True) - low, 1e-12)
+    image = ax.imshow(scaled, aspect="auto", cmap="viridis", vmin=0, vmax=1)
+    for row, layer in enumerate(picked):
+        ax.plot(layer, row, marker="o", markersize=5, markerfacecolor="none", markeredgecolor="red")
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    return image
+
+
 def heatmap(result: dict[str, Any], path: Path) -> None:
     """One panel per metric: rows = cases, columns = layers, each row scaled by its maximum."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
 
     labels = [f"{c} ({cat[:14]})" for c, cat in zip(result["cases"], result["categories"])]
-    fig, axes = plt.subplots(1, len(METHODS), figsize=(5.2 * len(METHODS), 0.32 * len(labels) + 1.8),
+    methods = list(result["methods"])  # what this result measured (an older file may hold fewer metrics)
+    fig, axes = plt.subplots(1, len(methods), figsize=(5.2 * len(methods), 0.32 * len(labels) + 1.8),
                              sharey=True, constrained_layout=True)
-    for ax, method in zip(axes, METHODS):
-        scores = np.array(result["methods"][method]["scores"], dtype=float)
-        low = np.minimum(scores.min(axis=1, keepdims=True), 0)  # attribution scores can be negative
-        scaled = (scores - low) / np.maximum(scores.max(axis=1, keepdims=True) - low, 1e-12)
-        image = ax.imshow(scaled, aspect="auto", cmap="viridis", vmin=0, vmax=1)
-        for row, layer in enumerate(result["methods"][method]["layers"]):
-            ax.plot(layer, row, marker="o", markersize=5, markerfacecolor="none", markeredgecolor="red")
-        ax.set_title(method)
-        ax.set_xlabel("layer (red: located)")
-        ax.set_xticks(range(0, scores.shape[1], 5))
+    for ax, method in zip(axes, methods):
+        scores = result["methods"][method]["scores"]
+        image = score_panel(ax, scores, result["methods"][method]["layers"], method)
+        ax.set_xticks(range(0, len(scores[0]), 5))
     axes[0].set_yticks(range(len(labels)))
     axes[0].set_yticklabels(labels, fontsize=7)
     axes[0].set_ylabel("SafeEdit case (category)")

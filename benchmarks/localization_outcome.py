@@ -118,10 +118,12 @@ def summarise(result: dict[str, Any]) -> list[dict[str, Any]]:
         gain = 100 * (refused / (k * n_h) - base["harmbench"] / n_h)
         cost = 100 * (over / (k * n_b) - base["benign"] / n_b)
         layers = [o["layer"] for o in outcomes]
+        common = max(set(layers), key=layers.count)
         rows.append({
-            "strategy": strategy, "cases": k,
+            "strategy": strategy, "cases": k, "refused": refused, "over_refused": over,
             "refusal": refused / (k * n_h), "refusal_ci95": wilson_interval(refused, k * n_h),
             "over_refusal": over / (k * n_b), "over_refusal_ci95": wilson_interval(over, k * n_b),
+            "most_common_layer": common, "most_common_layer_cases": layers.count(common),
             "gain_points": round(gain, 2), "over_refusal_points": round(cost, 2),
             "gain_per_over_refusal_point": (round(gain / cost, 2) if cost > 0 else None),
             "cases_with_gain": sum(o["harmbench"] > base["harmbench"] for o in outcomes),
@@ -132,6 +134,7 @@ def summarise(result: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def markdown(result: dict[str, Any]) -> str:
+    """The table of :func:`summarise` (computed here from the cases, so a JSON's table always matches them)."""
     base = result["base"]
     n_h, n_b = result["n_harmbench"], result["n_benign"]
     from detox_plugins.evaluation.metrics import format_rate
@@ -144,15 +147,14 @@ def markdown(result: dict[str, Any]) -> str:
         "| gain per over-refusal pt | cases with gain | median edit s |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    for row in result["summary"]:
-        outcomes = [c["outcomes"][row["strategy"]]["layer"] for c in result["cases"]]
-        common = max(set(outcomes), key=outcomes.count)
-        picked = f"{row['distinct_layers']} distinct (most: {common} × {outcomes.count(common)})"
+    for row in summarise(result):
+        picked = (f"{row['distinct_layers']} distinct (most: {row['most_common_layer']} × "
+                  f"{row['most_common_layer_cases']})")
         k = row["cases"]
         ratio = row["gain_per_over_refusal_point"]
         lines.append(
-            f"| {row['strategy']} | {picked} | {format_rate(round(row['refusal'] * k * n_h), k * n_h)} | "
-            f"{row['gain_points']:+.1f} | {format_rate(round(row['over_refusal'] * k * n_b), k * n_b)} | "
+            f"| {row['strategy']} | {picked} | {format_rate(row['refused'], k * n_h)} | "
+            f"{row['gain_points']:+.1f} | {format_rate(row['over_refused'], k * n_b)} | "
             f"{row['over_refusal_points']:+.1f} | {'∞ (no over-refusal)' if ratio is None else ratio} | "
             f"{row['cases_with_gain']}/{k} | {row['median_edit_seconds']} |")
     return "\n".join(lines) + "\n"
@@ -166,6 +168,7 @@ def heatmap(result: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
+    from localization import score_panel  # benchmarks/localization.py, next to this script
 
     cases = result["cases"]
     labels = [f"{c['case_id']} ({c['category'][:14]})" for c in cases]
@@ -173,15 +176,8 @@ def heatmap(result: dict[str, Any], path: Path) -> None:
     fig, axes = plt.subplots(1, len(panels) + 1, figsize=(4.2 * (len(panels) + 1), 0.3 * len(cases) + 2.2),
                              constrained_layout=True)
     for ax, metric in zip(axes, panels):
-        scores = np.array([c["localization"][metric]["scores"] for c in cases], dtype=float)
-        low = scores.min(axis=1, keepdims=True)
-        span = np.maximum(scores.max(axis=1, keepdims=True) - low, 1e-12)
-        ax.imshow((scores - low) / span, aspect="auto", cmap="viridis", vmin=0, vmax=1)
-        for row, case in enumerate(cases):
-            ax.plot(case["localization"][metric]["layer"], row, marker="o", markersize=5,
-                    markerfacecolor="none", markeredgecolor="red")
-        ax.set_title(metric)
-        ax.set_xlabel("layer (red: picked)")
+        score_panel(ax, [c["localization"][metric]["scores"] for c in cases],
+                    [c["localization"][metric]["layer"] for c in cases], metric, "layer (red: picked)")
         ax.set_yticks(range(len(labels)))
         ax.set_yticklabels(labels if ax is axes[0] else [], fontsize=6)
     n_h = result["n_harmbench"]

@@ -236,11 +236,10 @@ def caption(result: dict[str, Any]) -> str:
         f"{s['rtp_max_new_tokens']} new tokens, no chat template, seed {s['seed']}; PPL scored by the unedited model.",
         "Judges: " + "; ".join(f"{k} {v}" for k, v in sorted(meta.get("judges", {}).items())) + ".",
     ]
-    prompted = [row["config"] for row in result["configs"] if row.get("system_prompt")]
+    prompted = [row for row in result["configs"] if row.get("system_prompt")]
     if prompted:
-        parts.append(f"Row(s) {', '.join(prompted)}: no edit, every prompt after the safety system prompt "
-                     f"({result['configs'][[r['config'] for r in result['configs']].index(prompted[0])].get('system_prompt_version')}): "
-                     f"\"{SAFETY_SYSTEM_PROMPT}\"")
+        parts.append(f"Row(s) {', '.join(row['config'] for row in prompted)}: no edit, every prompt after the "
+                     f"safety system prompt ({prompted[0].get('system_prompt_version')}): \"{SAFETY_SYSTEM_PROMPT}\"")
     parts.append("Rates: 95 % Wilson intervals in brackets.")
     if result.get("skipped"):
         parts.append("Skipped: " + "; ".join(f"{k} ({v})" for k, v in result["skipped"].items()) + ".")
