@@ -178,6 +178,7 @@ def locate_blocks(model: nn.Module, stack: Stack, tokenizer: Any, safe: ScoredSe
     last = stack.num_layers - 1
     means: dict[int, list[torch.Tensor]] = {}
     square_norms: dict[int, list[torch.Tensor]] = {}  # pooled ‖h‖², for the token spread
+    spread_needed = metric == "separability"
 
     def run(ids: torch.Tensor, weights: Optional[torch.Tensor], record: bool, **extra: Any) -> dict[int, BlockRecord]:
         """One pass over ``ids``; block outputs pooled with ``weights`` (None: not pooled)."""
@@ -187,7 +188,8 @@ def locate_blocks(model: nn.Module, stack: Stack, tokenizer: Any, safe: ScoredSe
                 def hook(_module: nn.Module, _args: Any, output: Any) -> None:
                     states = (output[0] if isinstance(output, (tuple, list)) else output)[0].float()
                     means.setdefault(index, []).append(weights @ states)
-                    square_norms.setdefault(index, []).append(weights @ states.pow(2).sum(-1))
+                    if spread_needed:
+                        square_norms.setdefault(index, []).append(weights @ states.pow(2).sum(-1))
                 return hook
             handles = [block.register_forward_hook(make_hook(i)) for i, block in enumerate(stack.blocks)]
         recorder = BlockRecorder(stack, range(stack.num_layers) if record else [], trained_modules, stop_after=last)
