@@ -80,7 +80,7 @@ def test_config_specs_and_settings_validation() -> None:
     assert suite.SuiteConfig.parse("safety-prompt") == suite.SuiteConfig.safety_prompt()
     assert suite.SuiteConfig.parse("mine=edits/d1") == suite.SuiteConfig("mine", "edits/d1")
     assert suite.SuiteConfig.parse("edits/dinm-1/") == suite.SuiteConfig("dinm-1", "edits/dinm-1/")
-    for bad, match in (("=x", "NAME=DIR"), ("base=edits/x", "reserved")):
+    for bad, match in (("=x", "NAME=DIR"), ("base=edits/x", "reserved"), ("safety-prompt=edits/x", "reserved")):
         with pytest.raises(DetoxError, match=match):
             suite.SuiteConfig.parse(bad)
     settings = suite.SuiteSettings(harmbench=50, rtp=20, gsm8k=0, limit=5)
