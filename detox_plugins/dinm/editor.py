@@ -27,6 +27,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
     from torch import nn
 
+    from .anchors import AnchorSettings
     from .inputs import ScoredSequence
     from .nullspace import BenignText, NullSpaceSettings, UpdateProjector
     from .protocol import ProtocolReport
@@ -55,6 +56,7 @@ class EditPlan:
     fixed_layers: Optional[list[int]]  # from hparams.layers or the sticky layer
     metadata: dict[str, Any] = field(default_factory=dict)
     nullspace: Optional["NullSpaceSettings"] = None  # set when the update is confined to a null space
+    anchors: Optional["AnchorSettings"] = None  # set when benign anchors join the loss
 
 
 def template_matches(template: str, layer: int, names: Iterable[str]) -> list[str]:
@@ -283,7 +285,24 @@ class DINMEditor(Editor):
                 f"cannot find the block stack of {type(model).__name__} to locate the toxic layer; "
                 f"set 'layers' in the hparams to the layer to edit")
         return EditPlan(cases=cases, stack=stack, num_layers=num_layers, fixed_layers=fixed,
-                        nullspace=self._nullspace_settings(tokenizer))
+                        nullspace=self._nullspace_settings(tokenizer), anchors=self._anchor_settings(tokenizer))
+
+    def _anchor_settings(self, tokenizer: Any) -> Optional["AnchorSettings"]:
+        """The benign anchor prompts and settings (read now: a bad source fails before the model changes),
+        or None when anchors are off."""
+        hp = self.hparams
+        if hp.anchor_prompts is None:
+            return None
+        from detox_plugins.evaluation.generate import uses_chat_template
+
+        from .anchors import AnchorSettings
+        from .benign import load_prompts
+
+        if hp.use_chat_template:
+            uses_chat_template(tokenizer, True)  # raises when the tokenizer has none
+        return AnchorSettings(prompts=load_prompts(hp.anchor_prompts, hp.anchor_prompt_count, "anchor_prompts"),
+                              answer_tokens=hp.anchor_answer_tokens, weight=hp.anchor_weight,
+                              chat_template=hp.use_chat_template, max_length=hp.max_length)
 
     def _nullspace_settings(self, tokenizer: Any) -> Optional["NullSpaceSettings"]:
         """The benign prompts and settings of the null-space projection (read now: a bad source fails
@@ -293,7 +312,8 @@ class DINMEditor(Editor):
             return None
         from detox_plugins.evaluation.generate import uses_chat_template
 
-        from .nullspace import NullSpaceSettings, load_prompts
+        from .benign import load_prompts
+        from .nullspace import NullSpaceSettings
 
         chat = hp.use_chat_template
         if chat:
@@ -385,10 +405,15 @@ class DINMEditor(Editor):
 
         current: list[Any] = [None]
         null_space = _NullSpaceCache(plan.nullspace, plan.stack, self.progress)
+        anchors = None
         try:
             model.eval()
             for p in params.values():
                 p.requires_grad_(False)
+            if plan.anchors is not None:  # answered and scored by the model as the call found it
+                from .anchors import build_anchors
+
+                anchors = build_anchors(model, tokenizer, plan.anchors, progress=self.progress)
             for index, case in enumerate(iterator):
                 current[0] = case.request.case_id
                 if bar is not None:  # a case that stopped early: its remaining steps count as done
@@ -433,13 +458,18 @@ class DINMEditor(Editor):
                     projectors = null_space.projectors(model, tokenizer, targets)
                     record["nullspace"] = {name: p.record for name, p in projectors.items()}
                 outcome = optimise_case(model, plan.stack, targets, settings, case.edit, case.locality,
-                                        block_inputs=block_inputs, on_step=on_step, projectors=projectors)
+                                        block_inputs=block_inputs, on_step=on_step, projectors=projectors,
+                                        anchors=anchors)
+                if anchors is not None:
+                    record["anchors"] = anchors.record
                 block_inputs = found = None  # free the captured activations
                 with torch.no_grad():
                     for name, delta in outcome.deltas.items():
                         if hp.sequential:
                             params[name].add_(delta)  # the next case edits on top of this one
                             null_space.changed(name)
+                            if anchors is not None:
+                                anchors.changed(name, plan.stack)
                         else:
                             independent[name] = independent.get(name, torch.zeros_like(delta)) + delta
                 record.update(
@@ -462,6 +492,7 @@ class DINMEditor(Editor):
                 else:
                     deltas = independent
         finally:
+            anchors = None  # free the reference log-probabilities
             if bar is not None:
                 bar.close()
             with torch.no_grad():
@@ -501,15 +532,10 @@ class _NullSpaceCache:
 
     def changed(self, name: str) -> None:
         """``name`` moved: forget the projectors whose inputs it can change."""
-        if not self.built:
-            return
-        layer = self.stack.layer_of(name) if self.stack is not None else None
-        module = name.rpartition(".")[0]
-        for kept in list(self.built):
-            kept_layer = self.stack.layer_of(kept) if self.stack is not None else None
-            same_module = kept.rpartition(".")[0] == module
-            if layer is None or kept_layer is None or layer < kept_layer or (layer == kept_layer and not same_module):
-                del self.built[kept]
+        from .runner import depends_on
+
+        for kept in [k for k in self.built if depends_on(self.stack, k, name)]:
+            del self.built[kept]
 
 
 def _example_names(names: list[str], count: int = 4) -> list[str]:

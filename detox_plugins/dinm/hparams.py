@@ -97,6 +97,18 @@ class DINMHyperParams(HyperParams):
         "Protected share of the benign inputs' energy, in (0, 1): the update is projected off the top "
         "eigenvectors of K K^T that together hold this fraction of its trace; higher = stricter, less room."))
 
+    anchor_prompts: Optional[str] = field(default=None, metadata=_help(
+        "Benign prompts whose answers the edit must keep (improved mode): before the first case the model "
+        "answers each greedily, and every step adds anchor_weight x KL(P0 || P) at the answer's opening "
+        "(the prompt's last token and the answer tokens). A dataset name (benign-heldout: 110 questions "
+        "disjoint from the benign-150 over-refusal set) or a JSONL/JSON/TXT file; null = off."))
+    anchor_prompt_count: Optional[int] = field(default=None, metadata=_help(
+        "Use only the first N of anchor_prompts; null = all."))
+    anchor_answer_tokens: int = field(default=8, metadata=_help(
+        "Answer tokens per anchor prompt whose next-token distributions are kept (>= 1)."))
+    anchor_weight: float = field(default=10.0, metadata=_help(
+        "Weight of the mean anchor KL in the loss (the edit NLL has edit_loss_weight)."))
+
     ignored_keys: ClassVar[frozenset[str]] = frozenset()
 
     def __post_init__(self) -> None:
@@ -125,6 +137,16 @@ class DINMHyperParams(HyperParams):
              f"nullspace_answer_tokens must be >= 0 (0 = prompt tokens only), got {self.nullspace_answer_tokens}"),
             (bool(self.nullspace_prompts.strip()),
              "nullspace_prompts must name a dataset (e.g. benign-heldout) or a file, got an empty string"),
+            (self.anchor_prompts is None or bool(self.anchor_prompts.strip()),
+             "anchor_prompts must name a dataset (e.g. benign-heldout) or a file, or be null (off); got an "
+             "empty string"),
+            (self.anchor_prompt_count is None or self.anchor_prompt_count >= 1,
+             f"anchor_prompt_count must be >= 1 or null (all prompts), got {self.anchor_prompt_count}"),
+            (self.anchor_answer_tokens >= 1, f"anchor_answer_tokens must be >= 1, got {self.anchor_answer_tokens}"),
+            (self.anchor_weight > 0, f"anchor_weight must be > 0, got {self.anchor_weight}"),
+            (self.anchor_prompts is None or self.mode == "improved",
+             "anchor_prompts is an improved-mode option (EasyEdit's loop has no such term); set mode: improved "
+             "or anchor_prompts: null"),
             (not (self.nullspace and self.norm_constraint is not False),
              "nullspace: true and norm_constraint cannot both hold (clamping each weight to W0 ± ε moves the "
              "update out of the null space); set norm_constraint: false or nullspace: false"),

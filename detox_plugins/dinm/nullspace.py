@@ -25,6 +25,8 @@ from torch import nn
 
 from registry.errors import EditError
 
+from .benign import BenignText, benign_answers, load_prompts
+
 logger = logging.getLogger(__name__)
 
 
@@ -60,42 +62,11 @@ class UpdateProjector:
         return update @ matrix if self.input_axis == 1 else matrix @ update
 
 
-def load_prompts(source: str, count: Optional[int]) -> list[str]:
-    """The benign prompts of a dataset name or file (first ``count``), refused with the fix when unusable."""
-    from detox_plugins.evaluation.datasets import load_dataset
-    from detox_plugins.evaluation.errors import DatasetError
-
-    try:
-        rows = load_dataset(source, limit=count)
-    except DatasetError as error:
-        raise EditError(f"nullspace_prompts {source!r}: {error}; set nullspace_prompts to benign-heldout or to a "
-                        f"JSONL file with a 'prompt' per line") from error
-    prompts = [str(row["prompt"]) for row in rows if str(row.get("prompt", "")).strip()]
-    if not prompts:
-        raise EditError(f"nullspace_prompts {source!r} has no non-empty prompt; fix the file or use benign-heldout")
-    return prompts
-
-
-@dataclass(frozen=True)
-class BenignText:
-    """One benign input: the prompt as the model sees it (formatted) and the model's own answer."""
-
-    prompt: str
-    answer: str = ""
-
-
 def benign_texts(model: nn.Module, tokenizer: Any, settings: NullSpaceSettings,
                  progress: bool = False) -> list[BenignText]:
     """The formatted benign prompts, each with its greedy answer (``answer_tokens`` new tokens)."""
-    from detox_plugins.evaluation.generate import format_prompts, generate
-
-    formatted = format_prompts(tokenizer, settings.prompts, use_chat_template=settings.chat_template)
-    if settings.answer_tokens == 0:
-        return [BenignText(text) for text in formatted]
-    answers = generate(model, tokenizer, settings.prompts, max_new_tokens=settings.answer_tokens,
-                       use_chat_template=settings.chat_template, batch_size=16, progress=progress,
-                       desc="DINM null-space answers")
-    return [BenignText(text, str(answer)) for text, answer in zip(formatted, answers)]
+    return benign_answers(model, tokenizer, settings.prompts, answer_tokens=settings.answer_tokens,
+                          chat_template=settings.chat_template, progress=progress, desc="DINM null-space answers")
 
 
 class _Stop(Exception):

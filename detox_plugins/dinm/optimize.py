@@ -19,6 +19,7 @@ from .losses import masked_kl, masked_nll, reference_log_probs
 from .runner import EditForward, PreparedInput, Stack
 
 if TYPE_CHECKING:  # pragma: no cover
+    from .anchors import AnchorBatch
     from .nullspace import UpdateProjector
 
 logger = logging.getLogger(__name__)
@@ -113,12 +114,14 @@ def optimise_case(model: nn.Module, stack: Optional[Stack], names: list[str], se
                   edit: ScoredSequence, locality: Optional[ScoredSequence],
                   block_inputs: Optional[dict[int, Any]] = None,
                   on_step: Optional[Callable[[int, float], None]] = None,
-                  projectors: Optional[dict[str, "UpdateProjector"]] = None) -> CaseOutcome:
+                  projectors: Optional[dict[str, "UpdateProjector"]] = None,
+                  anchors: Optional["AnchorBatch"] = None) -> CaseOutcome:
     """Run at most ``num_steps`` Adam steps on ``names``; return their deltas (the model is restored).
 
     ``block_inputs`` (from localization on the same edit sequence) saves the capture pass. ``on_step(step,
     loss)`` is called after every step (progress bars). ``projectors`` (name -> null-space projector) confine
     each named tensor's gradient and update to the null space of the protected inputs after every step.
+    ``anchors`` (improved mode) adds ``anchors.weight · KL(P0 ‖ P)`` on the benign anchors' answer openings.
     Requires every parameter's ``requires_grad`` to be False on entry except as set here; the caller
     restores the flags.
     """
@@ -142,6 +145,9 @@ def optimise_case(model: nn.Module, stack: Optional[Stack], names: list[str], se
     if prepared_edit is None:
         prepared_edit = runner.prepare(edit.input_ids, edit.attention_mask)
     prepared_loc: Optional[PreparedInput] = None
+    prepared_anchors: Optional[PreparedInput] = None
+    if anchors is not None and not compat:
+        prepared_anchors = anchors.prepare(runner, names)
     reference: Optional[torch.Tensor] = None
     losses: list[dict[str, float]] = []
     steps = 0
@@ -181,6 +187,10 @@ def optimise_case(model: nn.Module, stack: Optional[Stack], names: list[str], se
                                             locality.weights)
                         record["kl"] = float(kl_term.detach())
                         loss = loss + settings.locality_weight * kl_term
+                if anchors is not None and prepared_anchors is not None:
+                    anchor_kl = anchors.kl(runner.logits_at(prepared_anchors, anchors.rows, anchors.positions))
+                    record["anchor_kl"] = float(anchor_kl.detach())
+                    loss = loss + anchors.weight * anchor_kl
                 total = float(loss.detach())
                 stop = total < settings.early_stop_loss
             record["loss"] = total

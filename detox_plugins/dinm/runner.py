@@ -101,6 +101,18 @@ def find_stack(model: nn.Module) -> Optional[Stack]:
     return Stack(best[0], best[1], None, None)
 
 
+def depends_on(stack: Optional[Stack], kept: str, changed: str) -> bool:
+    """Whether a record made for tensor ``kept`` (the inputs of its module: block inputs, the residual and
+    the module's own input) may change when tensor ``changed`` moves: a change in a lower block, or in
+    another module of the same block, or anything outside the known block stack."""
+    layer = stack.layer_of(changed) if stack is not None else None
+    kept_layer = stack.layer_of(kept) if stack is not None else None
+    if layer is None or kept_layer is None:
+        return True
+    same_module = kept.rpartition(".")[0] == changed.rpartition(".")[0]
+    return layer < kept_layer or (layer == kept_layer and not same_module)
+
+
 def trained_module(model: nn.Module, stack: Optional[Stack], layer: int, names: Sequence[str]) -> Optional[nn.Module]:
     """The one module of block ``layer``'s MLP sub-layer that owns every trained tensor of that
     block (``names``), or None when they are spread over several modules or the layout is unknown."""
@@ -318,16 +330,21 @@ class EditForward:
 
     def logits(self, prepared: PreparedInput, positions: torch.Tensor) -> torch.Tensor:
         """Output logits ``[len(positions), vocab]`` of sequence 0 at ``positions``."""
+        return self.logits_at(prepared, torch.zeros_like(positions), positions)
+
+    def logits_at(self, prepared: PreparedInput, rows: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Output logits ``[k, vocab]`` at ``(rows[i], positions[i])`` of a prepared batch (right-padded:
+        under causal attention a real token never sees the pads after it)."""
         if not prepared.cached or not self.cached:
             out = self.model(input_ids=prepared.input_ids, attention_mask=prepared.attention_mask, use_cache=False)
-            return out.logits[0, positions]
+            return out.logits[rows, positions]
         assert self.stack is not None and self.stack.norm is not None and self.stack.head is not None
         assert self.start is not None
         if prepared.sub_block and self.module is not None:
             assert prepared.residual is not None and prepared.module_input is not None
             if self.last_block:  # everything after the trained module is position-wise
-                rows = prepared.residual[0, positions] + self.module(prepared.module_input[0, positions])
-                return self.stack.head(self.stack.norm(rows))
+                picked = prepared.residual[rows, positions] + self.module(prepared.module_input[rows, positions])
+                return self.stack.head(self.stack.norm(picked))
             hidden = prepared.residual + self.module(prepared.module_input)
             upper = self.stack.blocks[self.start + 1:]
         else:
@@ -337,4 +354,4 @@ class EditForward:
             out = block(hidden, *prepared.args, **prepared.kwargs)
             hidden = out[0] if isinstance(out, (tuple, list)) else out
         hidden = self.stack.norm(hidden)
-        return self.stack.head(hidden[0, positions])
+        return self.stack.head(hidden[rows, positions])
