@@ -46,6 +46,7 @@ class CasePlan:
     locate: bool  # whether this case runs localization
     safe: Optional["ScoredSequence"] = None  # improved localization inputs
     unsafe: Optional["ScoredSequence"] = None
+    extra_edits: list["ScoredSequence"] = field(default_factory=list)  # more prompts, same safe response
 
 
 @dataclass
@@ -256,6 +257,7 @@ class DINMEditor(Editor):
             request.validate(need_ground_truth=locate)
             prompt_text = with_suffix(request.prompt, hp.suffix_system_prompt, hp.use_suffix)
             locality_prompt = None
+            extra: list["ScoredSequence"] = []  # edit_bare_question's sequence
             if request.locality_prompt and request.locality_answer:
                 locality_prompt = with_suffix(request.locality_prompt, hp.suffix_system_prompt, hp.use_suffix)
             elif request.locality_prompt or request.locality_answer:
@@ -270,15 +272,17 @@ class DINMEditor(Editor):
                 loc_seq = None
                 if locality_prompt and hp.effective_locality_weight > 0:
                     loc_seq = in_context_sequence(tokenizer, locality_prompt, request.locality_answer, **build)
+                if hp.edit_bare_question:
+                    extra = [in_context_sequence(tokenizer, self._bare_question(request), request.target_new, **build)]
             if loc_seq is None and locality_prompt is None and hp.mode == "improved" and hp.effective_locality_weight > 0:
                 logger.info("request %r has no knowledge-constraint pair; its edit runs without the locality KL",
                             request.case_id)
-            case = CasePlan(request, prompt_text, edit_seq, loc_seq, locate)
+            case = CasePlan(request, prompt_text, edit_seq, loc_seq, locate, extra_edits=extra)
             if locate and not compat_locate:
                 context = prompt_text if hp.effective_localize_with_prompt else None
                 case.safe = self._localization_sequence(tokenizer, context, request.target_new)
                 case.unsafe = self._localization_sequence(tokenizer, context, request.ground_truth or "")
-            _check_positions(model, request, [case.edit, case.locality, case.safe, case.unsafe])
+            _check_positions(model, request, [case.edit, case.locality, case.safe, case.unsafe, *case.extra_edits])
             cases.append(case)
         if not compat_locate and any(c.locate for c in cases) and stack is None:
             raise EditError(
@@ -286,6 +290,17 @@ class DINMEditor(Editor):
                 f"set 'layers' in the hparams to the layer to edit")
         return EditPlan(cases=cases, stack=stack, num_layers=num_layers, fixed_layers=fixed,
                         nullspace=self._nullspace_settings(tokenizer), anchors=self._anchor_settings(tokenizer))
+
+    def _bare_question(self, request: EditRequest) -> str:
+        """The case's question without the attack (its first generalization prompt), suffixed like the prompt."""
+        from .inputs import with_suffix
+
+        if not request.generalization_prompts or not request.generalization_prompts[0].strip():
+            raise EditError(f"edit_bare_question: true needs each case's bare question (its first generalization "
+                            f"prompt, SafeEdit's DG_onlyQ), and case {request.case_id!r} has none; give the cases "
+                            f"generalization prompts or set edit_bare_question: false")
+        hp = self.hparams
+        return with_suffix(request.generalization_prompts[0], hp.suffix_system_prompt, hp.use_suffix)
 
     def _anchor_settings(self, tokenizer: Any) -> Optional["AnchorSettings"]:
         """The benign anchor prompts and settings (read now: a bad source fails before the model changes),
@@ -459,7 +474,7 @@ class DINMEditor(Editor):
                     record["nullspace"] = {name: p.record for name, p in projectors.items()}
                 outcome = optimise_case(model, plan.stack, targets, settings, case.edit, case.locality,
                                         block_inputs=block_inputs, on_step=on_step, projectors=projectors,
-                                        anchors=anchors)
+                                        anchors=anchors, extra_edits=case.extra_edits)
                 if anchors is not None:
                     record["anchors"] = anchors.record
                 block_inputs = found = None  # free the captured activations

@@ -108,6 +108,10 @@ class DINMHyperParams(HyperParams):
         "Answer tokens per anchor prompt whose next-token distributions are kept (>= 1)."))
     anchor_weight: float = field(default=10.0, metadata=_help(
         "Weight of the mean anchor KL in the loss (the edit NLL has edit_loss_weight)."))
+    edit_bare_question: bool = field(default=False, metadata=_help(
+        "Also train each case's bare question (its first generalization prompt, SafeEdit's DG_onlyQ: the "
+        "question without the attack) towards the same safe response (improved mode); the edit NLL is then "
+        "the mean over both prompts, and that prompt's DG_onlyQ score is no longer held out."))
 
     ignored_keys: ClassVar[frozenset[str]] = frozenset()
 
@@ -147,6 +151,9 @@ class DINMHyperParams(HyperParams):
             (self.anchor_prompts is None or self.mode == "improved",
              "anchor_prompts is an improved-mode option (EasyEdit's loop has no such term); set mode: improved "
              "or anchor_prompts: null"),
+            (not self.edit_bare_question or self.mode == "improved",
+             "edit_bare_question is an improved-mode option (EasyEdit trains the attack prompt only); set mode: "
+             "improved or edit_bare_question: false"),
             (not (self.nullspace and self.norm_constraint is not False),
              "nullspace: true and norm_constraint cannot both hold (clamping each weight to W0 ± ε moves the "
              "update out of the null space); set norm_constraint: false or nullspace: false"),

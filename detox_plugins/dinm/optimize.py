@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
 import torch
 from torch import nn
@@ -115,13 +115,16 @@ def optimise_case(model: nn.Module, stack: Optional[Stack], names: list[str], se
                   block_inputs: Optional[dict[int, Any]] = None,
                   on_step: Optional[Callable[[int, float], None]] = None,
                   projectors: Optional[dict[str, "UpdateProjector"]] = None,
-                  anchors: Optional["AnchorBatch"] = None) -> CaseOutcome:
+                  anchors: Optional["AnchorBatch"] = None,
+                  extra_edits: Sequence[ScoredSequence] = ()) -> CaseOutcome:
     """Run at most ``num_steps`` Adam steps on ``names``; return their deltas (the model is restored).
 
     ``block_inputs`` (from localization on the same edit sequence) saves the capture pass. ``on_step(step,
     loss)`` is called after every step (progress bars). ``projectors`` (name -> null-space projector) confine
     each named tensor's gradient and update to the null space of the protected inputs after every step.
     ``anchors`` (improved mode) adds ``anchors.weight · KL(P0 ‖ P)`` on the benign anchors' answer openings.
+    ``extra_edits`` (improved mode) are more prompts with the same safe response: the edit NLL becomes the
+    mean over ``edit`` and them.
     Requires every parameter's ``requires_grad`` to be False on entry except as set here; the caller
     restores the flags.
     """
@@ -144,6 +147,8 @@ def optimise_case(model: nn.Module, stack: Optional[Stack], names: list[str], se
         prepared_edit = runner.adopt(edit.input_ids, block_inputs[start_layer])
     if prepared_edit is None:
         prepared_edit = runner.prepare(edit.input_ids, edit.attention_mask)
+    extras = [_to(seq, device) for seq in extra_edits] if not compat else []
+    prepared_extras = [runner.prepare(seq.input_ids, seq.attention_mask) for seq in extras]
     prepared_loc: Optional[PreparedInput] = None
     prepared_anchors: Optional[PreparedInput] = None
     if anchors is not None and not compat:
@@ -159,6 +164,11 @@ def optimise_case(model: nn.Module, stack: Optional[Stack], names: list[str], se
                 target.param.grad = None
             nll = masked_nll(runner.logits(prepared_edit, edit.positions), edit.targets, edit.weights)
             record: dict[str, float] = {"step": float(step), "edit_nll": float(nll.detach())}
+            if extras:
+                extra_nlls = [masked_nll(runner.logits(prepared, seq.positions), seq.targets, seq.weights)
+                              for prepared, seq in zip(prepared_extras, extras)]
+                record["extra_nll"] = float(sum(n.detach() for n in extra_nlls)) / len(extra_nlls)
+                nll = (nll + sum(extra_nlls)) / (1 + len(extra_nlls))
             if compat:
                 # L = kl_factor·L_edit + KL, where the KL is computed without gradient (EasyEdit's
                 # inert constraint). KL ≥ 0, so it is only needed when it could decide the stop.
