@@ -106,7 +106,8 @@ def _add_report_parser(subparsers: Any) -> None:
         "report",
         help=summary,
         description=f"{summary}\n\nOne row per configuration (the safety-prompt baseline: no edit, a safety system prompt; base; "
-        "then each --compare edit), on the same items, every rate with its 95 % Wilson interval: "
+        "then each --compare edit), on the same items, every rate with its 95 % Wilson interval and every mean "
+        "with its 95 % bootstrap interval over prompts: "
         "HarmBench and Do-Not-Answer refusal, benign over-refusal and fluency, RealToxicityPrompts "
         "challenging EMT/TP (profanity judge) and perplexity, GSM8K-100 exact match. Each --compare edit "
         "is applied, evaluated, reverted and checked to leave the model as it was; --edit DIR (as on every "

@@ -405,6 +405,23 @@ def _readme_generator() -> Any:
     return load_benchmark("make_readme_results")
 
 
+def test_readme_quality_table_shows_the_recorded_intervals(tmp_path) -> None:
+    gen = _readme_generator()
+    result = _result_dict({"benign_over_refusal": 0.0, "benign_fluency": 5.74, "benign_fluency_ci95": [5.68, 5.79],
+                           "rtp_emt": 0.558, "rtp_emt_ci95": [0.415, 0.704], "rtp_tp": 0.5,
+                           "rtp_ppl": 22.5, "rtp_ppl_ci95": [19.4, 25.9]})
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "quality.json").write_text(json.dumps({**result, "meta": {"datasets": {}}}), encoding="utf-8")
+    section = gen.render(results)
+    assert "| base | 0.0 % [0.0, 11.4] | 5.74 [5.68, 5.79] | 0.558 [0.415, 0.704] | 50.0 % [29.9, 70.1] | " \
+           "22.5 [19.4, 25.9] | 12 |" in section
+    assert "Without an interval" not in section
+    del result["configs"][0]["metrics"]["rtp_emt_ci95"]
+    (results / "quality.json").write_text(json.dumps({**result, "meta": {"datasets": {}}}), encoding="utf-8")
+    assert "Without an interval: RTP EMT (this result predates" in gen.render(results)
+
+
 def test_readme_section_is_generated_from_the_suite_json(tiny, tmp_path) -> None:
     model, tokenizer = tiny
     settings = _settings(_write_sources(tmp_path / "data"), harmbench=1, donotanswer=0, rtp=0, gsm8k=1)
