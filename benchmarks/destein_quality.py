@@ -67,6 +67,76 @@ def parse_config(spec: str) -> dict[str, Any]:
     return cfg
 
 
+INTERVALS = ("Intervals: 95 %; TP and over-refusal: Wilson on the counts; EMT, PPL, dist-n and fluency: "
+             "percentile bootstrap over prompts (2000 resamples, seed 0).")
+PER_PROMPT_KEYS = ("max_per_prompt", "ppl_per_prompt")
+"""Per-prompt values kept in the JSON (so intervals can be recomputed), left out of the printed rows."""
+
+
+def rtp_metrics(samples: list[list[str]], scores: list[list[float]], ppl: list[float]) -> dict[str, Any]:
+    """EMT, TP, PPL, mean toxicity and dist-n of one configuration, each mean with its 95 % interval."""
+    from detox_plugins.evaluation.metrics import (bootstrap_interval, distinct_n, distinct_n_per_prompt,
+                                                  emt_interval, expected_max_toxicity, max_per_prompt,
+                                                  mean_perplexity, perplexity_interval, toxic_prompt_count,
+                                                  toxicity_probability, wilson_interval)
+
+    ppl_groups, start = [], 0
+    for group in samples:
+        ppl_groups.append(ppl[start:start + len(group)])
+        start += len(group)
+    toxic, n_scored = toxic_prompt_count(scores)
+    row: dict[str, Any] = {
+        "EMT": expected_max_toxicity(scores), "EMT_ci95": list(emt_interval(scores)),
+        "TP": toxicity_probability(scores), "toxic_prompts": toxic, "n_prompts": n_scored,
+        "TP_ci95": list(wilson_interval(toxic, n_scored)),
+        "PPL": mean_perplexity(ppl), "PPL_ci95": list(perplexity_interval(ppl_groups)),
+        "mean_tox": sum(map(sum, scores)) / sum(map(len, scores)), **distinct_n(samples),
+        "max_per_prompt": max_per_prompt(scores), "ppl_per_prompt": ppl_groups,
+    }
+    for name, values in distinct_n_per_prompt(samples).items():
+        row[f"{name}_ci95"] = list(bootstrap_interval(values)) if values else None
+    return row
+
+
+def benign_metrics(answers: list[str], toxicity: list[float]) -> dict[str, Any]:
+    """Over-refusal (with its count and Wilson interval), fluency (bootstrap interval) and mean toxicity."""
+    from detox_plugins.evaluation.judges import is_refusal
+    from detox_plugins.evaluation.metrics import fluency, fluency_interval, wilson_interval
+
+    refused = sum(is_refusal(a) for a in answers)
+    return {"over_refusal": refused / len(answers), "over_refused": refused, "n_benign": len(answers),
+            "over_refusal_ci95": list(wilson_interval(refused, len(answers))),
+            "fluency": fluency(answers), "fluency_ci95": list(fluency_interval([[a] for a in answers])),
+            "benign_tox": sum(toxicity) / len(toxicity)}
+
+
+def _cell(row: dict[str, Any], column: str) -> str:
+    """A value with its interval: rates with their count (``k/n``), means with their bootstrap interval."""
+    from detox_plugins.evaluation.metrics import format_mean, format_rate
+
+    value = row.get(column)
+    if isinstance(value, str):
+        return value
+    if value is None or math.isnan(value):
+        return "nan"
+    if column == "TP" and "toxic_prompts" in row:
+        return format_rate(row["toxic_prompts"], row["n_prompts"])
+    if column == "over_refusal" and "over_refused" in row:
+        return format_rate(row["over_refused"], row["n_benign"])
+    digits = 1 if column == "PPL" else 2 if column == "fluency" else 3
+    return format_mean(value, row.get(f"{column}_ci95"), digits)
+
+
+def table(results: list[dict[str, Any]], benign: bool) -> str:
+    """The markdown table of the configurations' rows."""
+    cols = ["config", "EMT", "TP", "PPL", "mean_tox", "dist-1", "dist-2", "dist-3"]
+    if benign:
+        cols += ["over_refusal", "fluency", "benign_tox"]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(_cell(row, c) for c in cols) + " |" for row in results]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--hparams", default=None,
@@ -96,9 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     from detox_plugins.evaluation.datasets import load_benign, load_dataset
     from detox_plugins.evaluation.generate import generate
     from detox_plugins.evaluation.judges import get_judge
-    from detox_plugins.evaluation.metrics import (
-        continuation_perplexities, distinct_n, expected_max_toxicity, fluency, mean_perplexity,
-        over_refusal_rate, toxicity_probability)
+    from detox_plugins.evaluation.metrics import continuation_perplexities
 
     judge = get_judge("profanity")
     model, tokenizer = load_model()
@@ -151,31 +219,18 @@ def main(argv: list[str] | None = None) -> int:
         flat_p = [p for p, s in zip(prompts, samples) for _ in s]
         flat_s = [x for s in samples for x in s]
         ppl = continuation_perplexities(model, tokenizer, flat_p, flat_s, batch_size=20, progress=False)
-        row = {
-            "config": cfg["name"], "EMT": expected_max_toxicity(scores), "TP": toxicity_probability(scores),
-            "PPL": mean_perplexity(ppl), "mean_tox": sum(map(sum, scores)) / len(flat_s),
-            **distinct_n(samples), "seconds": round(gen_seconds, 1),
-        }
+        row = {"config": cfg["name"], **rtp_metrics(samples, scores, ppl), "seconds": round(gen_seconds, 1)}
         if benign:
-            row["over_refusal"] = over_refusal_rate(answers)
-            row["fluency"] = fluency(answers)
-            row["benign_tox"] = sum(judge.judge(None, answers)) / len(answers)
+            row.update(benign_metrics(answers, judge.judge(None, answers)))
         row["example"] = samples[0][0]
         results.append(row)
-        print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}), file=sys.stderr)
+        print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()
+                          if k not in PER_PROMPT_KEYS}), file=sys.stderr)
 
-    cols = ["config", "EMT", "TP", "PPL", "mean_tox", "dist-1", "dist-2", "dist-3"]
-    if benign:
-        cols += ["over_refusal", "fluency", "benign_tox"]
     print(f"\nRTP-challenging first {len(prompts)} prompts × {args.samples} samples, {args.max_new_tokens} new "
           f"tokens, top-p 0.9, seed {args.seed}; judge {judge.name} {judge.version}; PPL by the unedited model; "
-          f"benign: {len(benign)} questions, greedy {args.benign_tokens} tokens, chat template\n")
-    print("| " + " | ".join(cols) + " |")
-    print("|" + "---|" * len(cols))
-    for row in results:
-        cells = [row[c] if isinstance(row[c], str) else (f"{row[c]:.3f}" if not math.isnan(row[c]) else "nan")
-                 for c in cols]
-        print("| " + " | ".join(cells) + " |")
+          f"benign: {len(benign)} questions, greedy {args.benign_tokens} tokens, chat template. {INTERVALS}\n")
+    print(table(results, bool(benign)))
     if args.json:
         write_file(args.json, json.dumps({"args": vars(args), "judge": f"{judge.name} {judge.version}",
                                           "results": results}, indent=2), overwrite=True)

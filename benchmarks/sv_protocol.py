@@ -205,13 +205,24 @@ def _shipped(name: str) -> Path:
     return shipped_data_path(name)
 
 
+def rate_cell(entry: dict[str, Any], key: str) -> str:
+    """``entry[key]``, a share of ``entry["n"]`` answers, as % [95 % Wilson interval] (k/n); "-" if missing."""
+    from detox_plugins.evaluation.metrics import format_rate
+
+    value, n = entry.get(key), entry.get("n")
+    if value is None:
+        return "-"
+    if not n:
+        return f"{100 * value:.1f} %"
+    return format_rate(round(value * n), n)
+
+
 def table(results: dict[str, Any]) -> str:
     def pct(stage: str, key: str, sub: Optional[str] = None) -> str:
         entry = results.get(stage)
         if entry is None:
             return "-"
-        value = (entry.get(sub) or {}).get(key) if sub else entry.get(key)
-        return "-" if value is None else f"{100 * value:.1f}"
+        return rate_cell((entry.get(sub) or {}) if sub else entry, key)
 
     rows = [
         ("base model", pct("base", "compliance"), pct("base", "refusal"), pct("base", "accuracy", "task")),
@@ -226,7 +237,7 @@ def table(results: dict[str, Any]) -> str:
         ("harmful + benign task, + vector", pct("mix-sv", "compliance"), pct("mix-sv", "refusal"),
          pct("mix-sv", "accuracy", "task")),
     ]
-    lines = ["| model (vector off at evaluation) | compliance % | refusal % | task acc % |",
+    lines = ["| model (vector off at evaluation) | compliance | refusal | task acc |",
              "|---|---|---|---|"]
     lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
     return "\n".join(lines)

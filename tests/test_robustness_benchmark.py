@@ -52,3 +52,12 @@ def test_unknown_configs_are_refused_before_any_model_loads() -> None:
                             capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert result.returncode == 2
     assert "unknown config(s) dinn; choose from base, dinm, destein, detox-all" in result.stderr
+
+
+def test_emt_cells_show_the_recorded_bootstrap_interval() -> None:
+    bench = _module()
+    rows = {"base/before": _row(0, 0.60, 40), "dinm/before": _row(8, 0.65, 41)}
+    rows["dinm/before"]["rtp"]["emt_ci95"] = [0.5812, 0.7049]
+    table = bench.tables({"rows": rows})
+    assert "| 0.650 [0.581, 0.705] |" in table  # recorded by this version of evaluate()
+    assert "| 0.600 |" in table  # a row cached before the interval was recorded: the bare EMT

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -19,9 +20,10 @@ from registry.models import load_model
 
 from .datasets import describe_dataset, known_datasets, load_dataset, read_jsonl
 from .judges import get_judge, known_judges
-from .metrics import FLUENCY_TOKENIZERS, continuation_perplexities, mean_perplexity
+from .metrics import FLUENCY_TOKENIZERS, continuation_perplexities, mean_perplexity, perplexity_interval
 from .errors import DatasetError
-from .report import check_results_paths, make_items, score_items, summarize, summary_table, write_results
+from .report import (check_results_paths, group_by_prompt, make_items, score_items, summarize, summary_table,
+                     write_results)
 
 logger = logging.getLogger(__name__)
 
@@ -104,7 +106,8 @@ def _add_report_parser(subparsers: Any) -> None:
         "report",
         help=summary,
         description=f"{summary}\n\nOne row per configuration (the safety-prompt baseline: no edit, a safety system prompt; base; "
-        "then each --compare edit), on the same items, every rate with its 95 % Wilson interval: "
+        "then each --compare edit), on the same items, every rate with its 95 % Wilson interval and every mean "
+        "with its 95 % bootstrap interval over prompts: "
         "HarmBench and Do-Not-Answer refusal, benign over-refusal and fluency, RealToxicityPrompts "
         "challenging EMT/TP (profanity judge) and perplexity, GSM8K-100 exact match. Each --compare edit "
         "is applied, evaluated, reverted and checked to leave the model as it was; --edit DIR (as on every "
@@ -371,7 +374,10 @@ def _perplexity(
     )
     for item, value in zip(items, perplexities):
         item["ppl"] = value
-    return {"ppl": mean_perplexity(perplexities), "ppl_model": ppl_model}
+    per_prompt = [[item["ppl"] for item in group] for group in group_by_prompt(items).values()]
+    return {"ppl": mean_perplexity(perplexities),
+            "ppl_ci95": [None if math.isnan(v) else round(v, 4) for v in perplexity_interval(per_prompt)],
+            "ppl_model": ppl_model}
 
 
 def _report(summary: dict[str, Any], items: list[dict[str, Any]], out: str | None, *, overwrite: bool = False) -> None:

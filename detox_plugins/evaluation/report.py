@@ -19,11 +19,18 @@ from registry.writer import reserve, write_file
 from .judges import GuardJudge, Judge, RefusalJudge, is_refusal
 from .metrics import (
     SAFEEDIT_METRICS,
+    bootstrap_interval,
     distinct_n,
+    distinct_n_per_prompt,
+    emt_interval,
     expected_max_toxicity,
     fluency,
+    fluency_interval,
     roc_auc,
+    safeedit_counts,
+    safeedit_interval,
     safeedit_scores,
+    toxic_prompt_count,
     toxicity_probability,
     wilson_interval,
 )
@@ -64,6 +71,54 @@ def _clean(value: float) -> float | None:
     return None if isinstance(value, float) and math.isnan(value) else value
 
 
+def _interval(bounds: Sequence[float], digits: int = 4) -> list[float | None]:
+    """An interval for the JSON summary: rounded, NaN as None."""
+    return [_clean(round(v, digits)) for v in bounds]
+
+
+def group_by_prompt(items: Sequence[dict[str, Any]]) -> dict[Any, list[dict[str, Any]]]:
+    """Items per prompt (their ``index``; an item without one is its own prompt), in first-seen order."""
+    groups: dict[Any, list[dict[str, Any]]] = {}
+    for position, item in enumerate(items):
+        groups.setdefault(item.get("index", position), []).append(item)
+    return groups
+
+
+def _sample_metrics(groups: dict[Any, list[dict[str, Any]]], judge_name: str, text_field: str) -> dict[str, Any]:
+    """EMT, TP and dist-n over prompts with several samples, each with its 95 % interval (TP: Wilson on the
+    toxic-prompt count; EMT and dist-n: bootstrap over prompts)."""
+    per_prompt_scores = [[float(i["score"]) for i in group] for group in groups.values()]
+    per_prompt_texts = [[str(i[text_field]) for i in group] for group in groups.values()]
+    toxic, n_scored = toxic_prompt_count(per_prompt_scores)
+    metrics: dict[str, Any] = {
+        "n_prompts": len(groups),
+        f"EMT[{judge_name}]": expected_max_toxicity(per_prompt_scores),
+        f"EMT[{judge_name}]_ci95": _interval(emt_interval(per_prompt_scores)),
+        f"TP[{judge_name}]": toxicity_probability(per_prompt_scores),
+        "toxic_prompts": toxic,
+        f"TP[{judge_name}]_ci95": _interval(wilson_interval(toxic, n_scored)),
+    }
+    metrics.update({k: _clean(v) for k, v in distinct_n(per_prompt_texts).items()})
+    for name, values in distinct_n_per_prompt(per_prompt_texts).items():
+        if values:
+            metrics[f"{name}_ci95"] = _interval(bootstrap_interval(values))
+    return metrics
+
+
+def _safeedit_metrics(items: Sequence[dict[str, Any]], scores: Sequence[float], judge_name: str) -> dict[str, Any]:
+    """SafeEdit's DS/DG scores with their counts and 95 % intervals (empty answers count half)."""
+    by_metric: dict[str, list[float]] = {}
+    for item, score in zip(items, scores):
+        if item.get("metric") in SAFEEDIT_METRICS:
+            by_metric.setdefault(item["metric"], []).append(score)
+    if not by_metric:
+        return {}
+    ordered = {m: by_metric[m] for m in SAFEEDIT_METRICS if m in by_metric}
+    return {"safeedit": {f"{m}[{judge_name}]": v for m, v in safeedit_scores(ordered).items()},
+            "safeedit_ci95": {f"{m}[{judge_name}]": _interval(safeedit_interval(v), 2) for m, v in ordered.items()},
+            "safeedit_counts": {f"{m}[{judge_name}]": safeedit_counts(v) for m, v in ordered.items()}}
+
+
 def summarize(
     items: Sequence[dict[str, Any]],
     judge: Judge,
@@ -74,15 +129,19 @@ def summarize(
     """Aggregate metrics over scored items.
 
     Always: ``n``, ``mean_score``, ``refusal_rate`` (with ``refused``, the count, and
-    ``refusal_rate_ci95``, its 95 % Wilson interval), ``fluency``. With several samples per prompt:
-    ``n_prompts``, ``EMT``, ``TP`` and dist-1/2/3. With SafeEdit rows (``metric``): DS/DG scores
-    named after the judge, e.g. ``DS[refusal]``. With ToxiGen rows (``is_toxic``): the judge's AUC.
+    ``refusal_rate_ci95``, its 95 % Wilson interval), ``fluency`` (``fluency_ci95``: bootstrap over
+    prompts). With several samples per prompt: ``n_prompts``, ``EMT``, ``TP`` (``toxic_prompts``, its
+    count) and dist-1/2/3, each with a ``_ci95`` (TP: Wilson; the means: the percentile bootstrap over
+    prompts of :func:`.metrics.bootstrap_interval`, 2000 resamples, seed 0). With SafeEdit rows
+    (``metric``): DS/DG scores named after the judge, e.g. ``DS[refusal]``, with ``safeedit_ci95`` and
+    ``safeedit_counts``. With ToxiGen rows (``is_toxic``): the judge's AUC.
     """
     if not items:
         raise DetoxError("nothing to summarize: no scored items")
     texts = [str(item[text_field]) for item in items]
     scores = [float(item["score"]) for item in items]
     refused = [bool(item["refused"]) if "refused" in item else is_refusal(t) for item, t in zip(items, texts)]
+    groups = group_by_prompt(items)
     summary: dict[str, Any] = {
         "n": len(items),
         "judge": judge.name,
@@ -92,6 +151,8 @@ def summarize(
         "refused": sum(refused),
         "refusal_rate_ci95": [round(v, 4) for v in wilson_interval(sum(refused), len(refused))],
         "fluency": fluency(texts, tokenizer=fluency_tokenizer),
+        "fluency_ci95": _interval(fluency_interval(
+            [[str(i[text_field]) for i in group] for group in groups.values()], tokenizer=fluency_tokenizer)),
         "fluency_tokenizer": fluency_tokenizer,
     }
     if judge.name in JUDGE_NOTES:
@@ -101,24 +162,9 @@ def summarize(
     if isinstance(judge, GuardJudge):
         summary["guard_unparsed"] = judge.unparsed  # answers that read neither safe nor unsafe (scored 0.5)
 
-    groups: dict[Any, list[dict[str, Any]]] = {}
-    for position, item in enumerate(items):
-        groups.setdefault(item.get("index", position), []).append(item)
     if any(len(group) > 1 for group in groups.values()):
-        per_prompt_scores = [[float(i["score"]) for i in group] for group in groups.values()]
-        per_prompt_texts = [[str(i[text_field]) for i in group] for group in groups.values()]
-        summary["n_prompts"] = len(groups)
-        summary[f"EMT[{judge.name}]"] = expected_max_toxicity(per_prompt_scores)
-        summary[f"TP[{judge.name}]"] = toxicity_probability(per_prompt_scores)
-        summary.update({k: _clean(v) for k, v in distinct_n(per_prompt_texts).items()})
-
-    by_metric: dict[str, list[float]] = {}
-    for item, score in zip(items, scores):
-        if item.get("metric") in SAFEEDIT_METRICS:
-            by_metric.setdefault(item["metric"], []).append(score)
-    if by_metric:
-        ordered = {m: by_metric[m] for m in SAFEEDIT_METRICS if m in by_metric}
-        summary["safeedit"] = {f"{m}[{judge.name}]": v for m, v in safeedit_scores(ordered).items()}
+        summary.update(_sample_metrics(groups, judge.name, text_field))
+    summary.update(_safeedit_metrics(items, scores, judge.name))
 
     labels = [item.get("is_toxic") for item in items]
     if labels and all(isinstance(y, bool) for y in labels) and len(set(labels)) == 2:

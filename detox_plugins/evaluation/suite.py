@@ -69,6 +69,8 @@ field per row (and ``target_answer`` for gsm8k)."""
 
 BASE = "base"
 SAFETY_PROMPT = "safety-prompt"
+BOOTSTRAP_NOTE = "2000 resamples, seed 0"
+"""How the means' intervals are computed (``metrics.bootstrap_interval``'s defaults), for captions."""
 
 #: The safety system prompt of the ``safety-prompt`` row: the baseline a reader compares an edit with
 #: first (no weight or activation changed, only an instruction). Team-written; its version is recorded.
@@ -176,31 +178,53 @@ COLUMNS: tuple[tuple[str, str, str, str], ...] = (
     ("benign_over_refusal", "benign over-refusal ↓", "pct", "benign"),
     ("benign_fluency", "fluency", "2f", "benign"),
     ("rtp_emt", "RTP EMT ↓", "3f", "rtp"),
-    ("rtp_tp", "RTP TP ↓", "3f", "rtp"),
+    ("rtp_tp", "RTP TP ↓", "pct", "rtp"),
     ("rtp_ppl", "PPL ↓", "1f", "rtp"),
     ("gsm8k_accuracy", "GSM8K EM", "pct", "gsm8k"),
 )
 
 
-def _cell(value: Any, fmt: str, n: int | None = None) -> str:
-    """One table cell; a rate over ``n`` items comes with its 95 % Wilson interval."""
+def _cell(value: Any, fmt: str, n: int | None = None, interval: Sequence[float] | None = None) -> str:
+    """One table cell: a rate over ``n`` items with its 95 % Wilson interval, a mean with its recorded
+    ``interval`` (the bare mean when the result has none)."""
+    from .metrics import format_mean, wilson_interval
+
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
     if fmt == "pct":
         if n:
-            from .metrics import wilson_interval
-
             low, high = wilson_interval(round(value * n), n)
             return f"{100 * value:.1f} % [{100 * low:.1f}, {100 * high:.1f}]"
         return f"{100 * value:.1f} %"
-    return f"{value:.{fmt[0]}f}"
+    return format_mean(value, interval, int(fmt[0]))
+
+
+def _row_cells(row: dict[str, Any], columns: Sequence[tuple[str, str, str, str]], counts: dict[str, int]) -> list[str]:
+    """The metric cells of one configuration (rates over the task's items; RTP TP over its prompts)."""
+    metrics = row["metrics"]
+    return [_cell(metrics.get(key), fmt, counts[task] if fmt == "pct" else None, metrics.get(f"{key}_ci95"))
+            for key, _, fmt, task in columns]
+
+
+def missing_intervals(result: dict[str, Any]) -> list[str]:
+    """Headers of the mean columns (fluency, EMT, PPL) with a value but no recorded interval in some row."""
+    counts = result["settings"]["counts"]
+    missing = []
+    for key, header, fmt, task in COLUMNS:
+        if fmt == "pct" or not counts.get(task) or task in result.get("skipped", {}):
+            continue
+        rows = [r["metrics"] for r in result["configs"] if r["metrics"].get(key) is not None]
+        if any(not m.get(f"{key}_ci95") for m in rows):
+            missing.append(header.replace(" ↓", "").replace(" ↑", ""))
+    return missing
 
 
 def markdown_table(result: dict[str, Any]) -> str:
     """The markdown table of a suite result (``SuiteResult.to_dict()`` or its JSON file).
 
     Rows are configurations, columns the metrics of the tasks that ran (headers carry n; every rate has
-    its 95 % Wilson interval in brackets), then the wall time of the configuration.
+    its 95 % Wilson interval in brackets, every mean the bootstrap interval its result recorded), then
+    the wall time of the configuration.
     """
     counts = result["settings"]["counts"]
     ran = [task for task in TASKS if counts.get(task) and task not in result.get("skipped", {})]
@@ -217,8 +241,7 @@ def markdown_table(result: dict[str, Any]) -> str:
     headers.append("s")
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     for row in result["configs"]:
-        cells = [row["config"]] + [_cell(row["metrics"].get(key), fmt, None if task == "rtp" else counts[task])
-                                   for key, _, fmt, task in columns]
+        cells = [row["config"]] + _row_cells(row, columns, counts)
         cells.append(f"{row['timing']['total_s']:.0f}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -240,7 +263,12 @@ def caption(result: dict[str, Any]) -> str:
     if prompted:
         parts.append(f"Row(s) {', '.join(row['config'] for row in prompted)}: no edit, every prompt after the "
                      f"safety system prompt ({prompted[0].get('system_prompt_version')}): \"{SAFETY_SYSTEM_PROMPT}\"")
-    parts.append("Rates: 95 % Wilson intervals in brackets.")
+    parts.append("Rates (RTP TP: over prompts): 95 % Wilson intervals in brackets; means (fluency, EMT, PPL): "
+                 f"95 % percentile bootstrap over prompts ({BOOTSTRAP_NOTE}).")
+    missing = missing_intervals(result)
+    if missing:
+        parts.append(f"Without an interval: {', '.join(missing)} (this result predates the recorded bootstrap "
+                     "intervals; a rerun of its command records them).")
     if result.get("skipped"):
         parts.append("Skipped: " + "; ".join(f"{k} ({v})" for k, v in result["skipped"].items()) + ".")
     return " ".join(parts)
@@ -363,7 +391,7 @@ def _cache_inputs(task: str, model_inputs: dict[str, Any], rows: list[dict[str, 
     from .datasets import describe_dataset
 
     judge = judges["profanity" if task == "rtp" else "refusal"]
-    scoring: dict[str, Any] = {"fluency_tokenizer": s.fluency_tokenizer}
+    scoring: dict[str, Any] = {"fluency_tokenizer": s.fluency_tokenizer, "intervals": BOOTSTRAP_NOTE}
     if task == "rtp":
         scoring["ppl"] = s.ppl
     decoding = _decoding(task, s)
@@ -373,6 +401,26 @@ def _cache_inputs(task: str, model_inputs: dict[str, Any], rows: list[dict[str, 
             "dataset": {**describe_dataset(s.sources[task]), "rows": rows_digest(rows)},
             "decoding": decoding, "judge": {"name": judge.name, "version": judge.version},
             "scoring": scoring}
+
+
+def _rtp_metrics(summary: dict[str, Any], judge_name: str) -> dict[str, Any]:
+    """The suite's RTP metrics from :func:`.report.summarize`: EMT and TP with their intervals, dist-n."""
+    metrics = {"rtp_emt": summary[f"EMT[{judge_name}]"], "rtp_emt_ci95": summary[f"EMT[{judge_name}]_ci95"],
+               "rtp_tp": summary[f"TP[{judge_name}]"], "rtp_tp_ci95": summary[f"TP[{judge_name}]_ci95"],
+               "rtp_toxic_prompts": summary["toxic_prompts"], "rtp_mean_toxicity": summary["mean_score"]}
+    for name in ("dist-1", "dist-2", "dist-3"):
+        metrics[f"rtp_{name.replace('-', '')}"] = summary.get(name)
+    return metrics
+
+
+def _ppl_interval(items: list[dict[str, Any]]) -> list[float | None]:
+    """The bootstrap interval (over prompts) of the mean perplexity of the items' ``ppl``."""
+    from .metrics import perplexity_interval
+    from .report import group_by_prompt
+
+    per_prompt = [[math.nan if i.get("ppl") is None else i["ppl"] for i in group]
+                  for group in group_by_prompt(items).values()]
+    return [None if math.isnan(v) else round(v, 4) for v in perplexity_interval(per_prompt)]
 
 
 def _score(task: str, config: str, model: Any, tokenizer: Any, rows: list[dict[str, Any]], responses: list[Any],
@@ -392,9 +440,7 @@ def _score(task: str, config: str, model: Any, tokenizer: Any, rows: list[dict[s
         judge = judges["profanity"]
         score_items(items, judge)
         summary = summarize(items, judge, fluency_tokenizer=s.fluency_tokenizer)
-        metrics.update(rtp_emt=summary[f"EMT[{judge.name}]"], rtp_tp=summary[f"TP[{judge.name}]"],
-                       rtp_mean_toxicity=summary["mean_score"],
-                       **{f"rtp_{k.replace('-', '')}": summary.get(k) for k in ("dist-1", "dist-2", "dist-3")})
+        metrics.update(_rtp_metrics(summary, judge.name))
         if s.ppl:
             start = time.perf_counter()
             prompts = [item["prompt"] for item in items]
@@ -404,6 +450,7 @@ def _score(task: str, config: str, model: Any, tokenizer: Any, rows: list[dict[s
             for item, value in zip(items, values):
                 item["ppl"] = None if math.isnan(value) else value
             metrics["rtp_ppl"] = mean_perplexity(values)
+            metrics["rtp_ppl_ci95"] = _ppl_interval(items)
             ppl_s = time.perf_counter() - start
         return metrics, items, ppl_s
     judge = judges["refusal"]
@@ -413,7 +460,8 @@ def _score(task: str, config: str, model: Any, tokenizer: Any, rows: list[dict[s
         metrics[f"{task}_refusal"] = summary["refusal_rate"]
         metrics[f"{task}_empty"] = sum(not str(i["response"]).strip() for i in items) / len(items)
     elif task == "benign":
-        metrics.update(benign_over_refusal=summary["refusal_rate"], benign_fluency=summary["fluency"])
+        metrics.update(benign_over_refusal=summary["refusal_rate"], benign_fluency=summary["fluency"],
+                       benign_fluency_ci95=summary["fluency_ci95"])
     elif task == "gsm8k":
         for item in items:
             item["extracted"] = final_number(item["response"])

@@ -251,11 +251,53 @@ def test_rate_cells_carry_their_wilson_interval() -> None:
     assert suite._cell(0.5, "pct") == "50.0 %"  # no count known: no interval
 
 
+def _result_dict(metrics: dict[str, Any]) -> dict[str, Any]:
+    """A saved suite result by hand: one base row with ``metrics``, benign 30 and RTP 20 x 10 only."""
+    settings = suite.SuiteSettings(harmbench=0, donotanswer=0, gsm8k=0).to_dict()
+    return {"settings": settings, "skipped": {}, "meta": {},
+            "configs": [{"config": "base", "metrics": metrics, "timing": {"total_s": 12.0}}]}
+
+
+def test_mean_cells_carry_their_recorded_interval_and_tp_its_wilson_interval() -> None:
+    metrics = {"benign_over_refusal": 0.1, "benign_fluency": 5.7134, "benign_fluency_ci95": [5.61, 5.8],
+               "rtp_emt": 0.601, "rtp_emt_ci95": [0.5123, 0.6871], "rtp_tp": 0.55, "rtp_tp_ci95": [0.34, 0.74],
+               "rtp_ppl": 28.53, "rtp_ppl_ci95": [24.04, 33.9]}
+    table = suite.markdown_table(_result_dict(metrics)).splitlines()
+    assert table[2] == ("| base | 10.0 % [3.5, 25.6] | 5.71 [5.61, 5.80] | 0.601 [0.512, 0.687] | "
+                        "55.0 % [34.2, 74.2] | 28.5 [24.0, 33.9] | 12 |")
+    text = suite.caption(_result_dict(metrics))
+    assert "means (fluency, EMT, PPL): 95 % percentile bootstrap over prompts (2000 resamples, seed 0)" in text
+    assert "predates" not in text and suite.missing_intervals(_result_dict(metrics)) == []
+
+
+def test_a_result_without_recorded_intervals_shows_bare_means_and_says_so() -> None:
+    old = {"benign_over_refusal": 0.0, "benign_fluency": 5.74, "rtp_emt": 0.558, "rtp_tp": 0.5, "rtp_ppl": 22.5}
+    row = suite.markdown_table(_result_dict(old)).splitlines()[2]
+    assert row == "| base | 0.0 % [0.0, 11.4] | 5.74 | 0.558 | 50.0 % [29.9, 70.1] | 22.5 | 12 |"
+    assert suite.missing_intervals(_result_dict(old)) == ["fluency", "RTP EMT", "PPL"]
+    text = suite.caption(_result_dict(old))
+    assert "Without an interval: fluency, RTP EMT, PPL (this result predates" in text
+
+
+def test_the_suite_records_the_intervals_of_its_means(tiny, tmp_path) -> None:
+    model, tokenizer = tiny
+    settings = _settings(_write_sources(tmp_path / "data"), harmbench=0, donotanswer=0, gsm8k=0)
+    result = suite.run_suite(model, tokenizer, [suite.SuiteConfig("base")], settings, progress=False)
+    metrics = result.rows[0]["metrics"]
+    low, high = metrics["benign_fluency_ci95"]
+    assert low <= metrics["benign_fluency"] <= high
+    if "rtp" not in result.skipped:  # the profanity judge is an optional extra
+        assert metrics["rtp_emt_ci95"][0] <= metrics["rtp_emt"] <= metrics["rtp_emt_ci95"][1]
+        assert metrics["rtp_tp"] == metrics["rtp_toxic_prompts"] / settings.count("rtp")
+        assert len(metrics["rtp_ppl_ci95"]) == 2
+    assert suite.missing_intervals(result.to_dict()) == []
+
+
 def test_task_count_zero_skips_the_task(tiny, tmp_path) -> None:
     model, tokenizer = tiny
     settings = _settings(_write_sources(tmp_path / "data"), harmbench=0, donotanswer=0, rtp=0, gsm8k=0)
     result = suite.run_suite(model, tokenizer, [suite.SuiteConfig("base")], settings, progress=False)
-    assert set(result.rows[0]["metrics"]) == {"benign_over_refusal", "benign_fluency"}
+    assert set(result.rows[0]["metrics"]) == {"benign_over_refusal", "benign_fluency", "benign_fluency_ci95"}
     header = result.table().splitlines()[0]
     assert "benign over-refusal ↓ (n=2)" in header and "HarmBench" not in header
 
@@ -361,6 +403,23 @@ def _readme_generator() -> Any:
     from tests.benchmark_scripts import load_benchmark
 
     return load_benchmark("make_readme_results")
+
+
+def test_readme_quality_table_shows_the_recorded_intervals(tmp_path) -> None:
+    gen = _readme_generator()
+    result = _result_dict({"benign_over_refusal": 0.0, "benign_fluency": 5.74, "benign_fluency_ci95": [5.68, 5.79],
+                           "rtp_emt": 0.558, "rtp_emt_ci95": [0.415, 0.704], "rtp_tp": 0.5,
+                           "rtp_ppl": 22.5, "rtp_ppl_ci95": [19.4, 25.9]})
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "quality.json").write_text(json.dumps({**result, "meta": {"datasets": {}}}), encoding="utf-8")
+    section = gen.render(results)
+    assert "| base | 0.0 % [0.0, 11.4] | 5.74 [5.68, 5.79] | 0.558 [0.415, 0.704] | 50.0 % [29.9, 70.1] | " \
+           "22.5 [19.4, 25.9] | 12 |" in section
+    assert "Without an interval" not in section
+    del result["configs"][0]["metrics"]["rtp_emt_ci95"]
+    (results / "quality.json").write_text(json.dumps({**result, "meta": {"datasets": {}}}), encoding="utf-8")
+    assert "Without an interval: RTP EMT (this result predates" in gen.render(results)
 
 
 def test_readme_section_is_generated_from_the_suite_json(tiny, tmp_path) -> None:
