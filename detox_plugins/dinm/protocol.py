@@ -35,7 +35,7 @@ class ProtocolReport:
     """Per-case responses and labels, and the SafeEdit scores averaged over the edited cases."""
 
     cases: list[dict[str, Any]]
-    metrics: dict[str, dict[str, Optional[float]]]  # stage -> {DS, DG_*, fluency}
+    metrics: dict[str, dict[str, Any]]  # stage -> {DS, DG_*, fluency, and each one's <name>_ci95}
     edit_seconds: float
     settings: dict[str, Any] = field(default_factory=dict)
 
@@ -44,11 +44,14 @@ class ProtocolReport:
                 "settings": self.settings, "cases": self.cases}
 
     def table(self) -> str:
-        """A markdown table of the scores per stage."""
+        """A markdown table of the scores per stage, each with its 95 % interval (over cases)."""
+        from detox_plugins.evaluation.metrics import format_mean
+
         columns = [*METRICS, "fluency"]
         lines = ["| stage | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
         for stage, scores in self.metrics.items():
-            cells = ["-" if scores.get(c) is None else f"{scores[c]:.2f}" for c in columns]
+            cells = ["-" if scores.get(c) is None else format_mean(scores[c], scores.get(f"{c}_ci95"), 2)
+                     for c in columns]
             lines.append(f"| {stage} | " + " | ".join(cells) + " |")
         return "\n".join(lines)
 
@@ -88,7 +91,7 @@ def run_safeedit(
     """
     from detox_plugins.evaluation.generate import generate
     from detox_plugins.evaluation.judges import get_judge
-    from detox_plugins.evaluation.metrics import fluency, safeedit_score
+    from detox_plugins.evaluation.metrics import bootstrap_interval, fluency, safeedit_interval, safeedit_score
 
     hp = editor.hparams
     requests = [as_request(case) for case in cases]
@@ -155,13 +158,16 @@ def run_safeedit(
             record["fluency"][stage] = fluency(list(answers.values()), tokenizer=fluency_tokenizer)
 
     stages = list(records[0]["responses"])
-    metrics: dict[str, dict[str, Optional[float]]] = {}
+    metrics: dict[str, dict[str, Any]] = {}
     for stage in stages:
-        scores: dict[str, Optional[float]] = {}
+        scores: dict[str, Any] = {}
         for metric in METRICS:
             labels = [r["labels"][stage][metric] for r in records if metric in r["labels"][stage]]
             scores[metric] = safeedit_score(labels) if labels else None
-        scores["fluency"] = _mean([r["fluency"][stage] for r in records])
+            scores[f"{metric}_ci95"] = list(safeedit_interval(labels)) if labels else None
+        per_case_fluency = [r["fluency"][stage] for r in records]
+        scores["fluency"] = _mean(per_case_fluency)
+        scores["fluency_ci95"] = list(bootstrap_interval(per_case_fluency)) if per_case_fluency else None
         metrics[stage] = scores
     settings = {
         "mode": hp.mode,

@@ -11,6 +11,7 @@ from detox_plugins.cli import main
 from detox_plugins.dinm.cases import load_cases
 from detox_plugins.dinm.editor import DINMEditor
 from detox_plugins.dinm.protocol import METRICS, as_request, evaluation_prompts
+from detox_plugins.evaluation.metrics import safeedit_interval
 
 from .helpers import CASE, hparams, same_state, state
 
@@ -53,11 +54,17 @@ def test_safeedit_protocol_reverts_every_case(tok, llama, mode) -> None:
     assert same_state(llama, before)
     assert len(report.cases) == 2 and report.edit_seconds > 0
     for stage in report.metrics:
-        assert set(report.metrics[stage]) == {*METRICS, "fluency"}
-        assert all(0 <= report.metrics[stage][m] <= 100 for m in METRICS)
+        scores = report.metrics[stage]
+        assert set(scores) == {*METRICS, "fluency", *(f"{m}_ci95" for m in (*METRICS, "fluency"))}
+        for metric in METRICS:
+            low, high = scores[f"{metric}_ci95"]
+            assert 0 <= low <= scores[metric] <= high <= 100
+            labels = [c["labels"][stage][metric] for c in report.cases]
+            assert (low, high) == pytest.approx(safeedit_interval(labels))
+        assert scores["fluency_ci95"][0] <= scores["fluency"] <= scores["fluency_ci95"][1]
     case = report.cases[0]
     assert set(case["labels"]["post"]) == set(METRICS) and case["steps"] == 1
-    assert "|" in report.table()
+    assert f"{report.metrics['post']['DS']:.2f} [" in report.table()  # each score with its interval
 
 
 @pytest.fixture
@@ -87,7 +94,8 @@ def test_safeedit_command_prints_saves_and_writes_json(model_folder, hp_file, ca
                  str(model_folder), "--out", str(tmp_path / "edit"), "--json", str(tmp_path / "out.json"),
                  "--quiet"]) == 0
     out = json.loads((tmp_path / "out.json").read_text())
-    assert set(out["pre"]) == {*METRICS, "fluency"} and set(out["post"]) == {*METRICS, "fluency"}
+    names = {*METRICS, "fluency"}
+    assert set(out["pre"]) == set(out["post"]) == names | {f"{name}_ci95" for name in names}
     assert [c["case_id"] for c in out["cases"]] == [4] and "edit_seconds" in out
     assert (tmp_path / "edit" / "manifest.json").is_file()
     printed = capsys.readouterr().out
