@@ -73,3 +73,17 @@ def test_editor_is_discoverable(real_registry) -> None:
 
     assert registry.get_editor("dinm") is DINMEditor
     assert DINMEditor.kind == "weights"
+
+
+#: What the anchored file changes in the main embedded-model file: the variant benchmarks/dinm_targets.py
+#: measured against the targets (README, "Benign anchors"), so those rows hold for the shipped file.
+ANCHORED_OVERRIDES = {"anchor_prompts": "benign-heldout", "anchor_answer_tokens": 2, "anchor_weight": 2.0,
+                      "num_steps": 20, "lr": 2e-3}
+
+
+def test_the_anchored_file_is_the_main_file_with_the_measured_overrides() -> None:
+    main = DINMHyperParams.from_hparams(HPARAMS_DIR / "smollm2-135m.yaml").to_dict()
+    anchored = DINMHyperParams.from_hparams(HPARAMS_DIR / "smollm2-135m-anchored.yaml").to_dict()
+    changed = {key: value for key, value in anchored.items() if main.get(key) != value}
+    assert changed == ANCHORED_OVERRIDES
+    assert set(anchored) == set(main)
