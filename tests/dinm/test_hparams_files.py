@@ -77,8 +77,8 @@ def test_editor_is_discoverable(real_registry) -> None:
 
 #: What the anchored file changes in the main embedded-model file: the variant benchmarks/dinm_targets.py
 #: measured against the targets (README, "Benign anchors"), so those rows hold for the shipped file.
-ANCHORED_OVERRIDES = {"anchor_prompts": "benign-heldout", "anchor_answer_tokens": 2, "anchor_weight": 2.0,
-                      "num_steps": 20, "lr": 2e-3}
+ANCHORED_OVERRIDES = {"anchor_prompts": "benign-heldout", "anchor_answer_tokens": 2, "anchor_weight": 3.0,
+                      "edit_bare_question": True, "num_steps": 20, "lr": 2e-3}
 
 
 def test_the_anchored_file_is_the_main_file_with_the_measured_overrides() -> None:
