@@ -17,8 +17,8 @@ def main() -> int:
 
     from detox_plugins.dinm.cases import as_request, load_cases
     from detox_plugins.dinm.editor import DINMEditor
-    from detox_plugins.dinm.nullspace import (BenignText, NullSpaceSettings, benign_texts, input_second_moment,
-                                              load_prompts, null_space_projector)
+    from detox_plugins.dinm.benign import BenignText, load_prompts
+    from detox_plugins.dinm.nullspace import NullSpaceSettings, benign_texts, input_second_moment, null_space_projector
     from detox_plugins.evaluation.datasets import load_dataset
     from detox_plugins.evaluation.generate import format_prompts
     from registry import from_hparams

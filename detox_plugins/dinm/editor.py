@@ -29,7 +29,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from .anchors import AnchorSettings
     from .inputs import ScoredSequence
-    from .nullspace import BenignText, NullSpaceSettings, UpdateProjector
+    from .benign import BenignText
+    from .nullspace import NullSpaceSettings, UpdateProjector
     from .protocol import ProtocolReport
 
 logger = logging.getLogger(__name__)
@@ -302,40 +303,41 @@ class DINMEditor(Editor):
         hp = self.hparams
         return with_suffix(request.generalization_prompts[0], hp.suffix_system_prompt, hp.use_suffix)
 
+    def _benign_prompts(self, tokenizer: Any, source: str, count: Optional[int], field: str) -> list[str]:
+        """The benign prompts of hparams ``field`` (read at plan time: a bad source, or a chat template the
+        tokenizer lacks, fails before the model changes)."""
+        from detox_plugins.evaluation.generate import uses_chat_template
+
+        from .benign import load_prompts
+
+        if self.hparams.use_chat_template:
+            uses_chat_template(tokenizer, True)  # raises when the tokenizer has none
+        return load_prompts(source, count, field)
+
     def _anchor_settings(self, tokenizer: Any) -> Optional["AnchorSettings"]:
-        """The benign anchor prompts and settings (read now: a bad source fails before the model changes),
-        or None when anchors are off."""
+        """The benign anchor prompts and settings, or None when anchors are off."""
         hp = self.hparams
         if hp.anchor_prompts is None:
             return None
-        from detox_plugins.evaluation.generate import uses_chat_template
-
         from .anchors import AnchorSettings
-        from .benign import load_prompts
 
-        if hp.use_chat_template:
-            uses_chat_template(tokenizer, True)  # raises when the tokenizer has none
-        return AnchorSettings(prompts=load_prompts(hp.anchor_prompts, hp.anchor_prompt_count, "anchor_prompts"),
+        return AnchorSettings(prompts=self._benign_prompts(tokenizer, hp.anchor_prompts, hp.anchor_prompt_count,
+                                                           "anchor_prompts"),
                               answer_tokens=hp.anchor_answer_tokens, weight=hp.anchor_weight,
                               chat_template=hp.use_chat_template, max_length=hp.max_length)
 
     def _nullspace_settings(self, tokenizer: Any) -> Optional["NullSpaceSettings"]:
-        """The benign prompts and settings of the null-space projection (read now: a bad source fails
-        before the model changes), or None when it is off."""
+        """The benign prompts and settings of the null-space projection, or None when it is off."""
         hp = self.hparams
         if not hp.nullspace:
             return None
-        from detox_plugins.evaluation.generate import uses_chat_template
-
-        from .benign import load_prompts
         from .nullspace import NullSpaceSettings
 
-        chat = hp.use_chat_template
-        if chat:
-            uses_chat_template(tokenizer, True)  # raises when the tokenizer has none
-        return NullSpaceSettings(prompts=load_prompts(hp.nullspace_prompts, hp.nullspace_prompt_count),
+        return NullSpaceSettings(prompts=self._benign_prompts(tokenizer, hp.nullspace_prompts,
+                                                              hp.nullspace_prompt_count, "nullspace_prompts"),
                                  energy=hp.nullspace_energy, answer_tokens=hp.nullspace_answer_tokens,
-                                 chat_template=chat, max_length=hp.max_length, positions=hp.nullspace_positions)
+                                 chat_template=hp.use_chat_template, max_length=hp.max_length,
+                                 positions=hp.nullspace_positions)
 
     def _localization_sequence(self, tokenizer: Any, prompt: Optional[str], response: str) -> "ScoredSequence":
         import torch

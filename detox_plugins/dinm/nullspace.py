@@ -25,7 +25,7 @@ from torch import nn
 
 from registry.errors import EditError
 
-from .benign import BenignText, benign_answers, load_prompts
+from .benign import BenignText, benign_answers
 
 logger = logging.getLogger(__name__)
 

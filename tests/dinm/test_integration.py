@@ -41,8 +41,9 @@ def test_the_null_space_edit_leaves_benign_inputs_alone(embedded_model) -> None:
     import torch
 
     from detox_plugins.dinm.cases import as_request, load_cases
+    from detox_plugins.dinm.benign import load_prompts
     from detox_plugins.dinm.editor import DINMEditor
-    from detox_plugins.dinm.nullspace import NullSpaceSettings, benign_texts, input_second_moment, load_prompts
+    from detox_plugins.dinm.nullspace import NullSpaceSettings, benign_texts, input_second_moment
     from registry import model_fingerprint
 
     model, tok = embedded_model

@@ -11,8 +11,8 @@ import torch
 import registry
 from detox_plugins.dinm.editor import DINMEditor
 from detox_plugins.dinm.hparams import DINMHyperParams
-from detox_plugins.dinm.nullspace import (NullSpaceSettings, benign_texts, input_second_moment, load_prompts,
-                                          null_space_projector)
+from detox_plugins.dinm.benign import load_prompts
+from detox_plugins.dinm.nullspace import NullSpaceSettings, benign_texts, input_second_moment, null_space_projector
 from registry.errors import EditError, HyperParamsError
 
 from .helpers import CASE, hparams, same_state, state, tiny_model
