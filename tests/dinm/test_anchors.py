@@ -96,6 +96,9 @@ def test_revert_save_and_apply_are_exact(tok, llama, tmp_path) -> None:
     ({"anchor_answer_tokens": 0}, "anchor_answer_tokens must be >= 1"),
     ({"anchor_weight": 0}, "anchor_weight must be > 0"),
     ({"anchor_prompts": "benign-heldout", "mode": "compat"}, "anchor_prompts is an improved-mode option"),
+    ({"anchor_weight": "high"}, "field 'anchor_weight': expected a number"),
+    ({"anchor_prompts": 3}, "field 'anchor_prompts': int 3 is not a valid"),
+    ({"anchor_wieght": 1}, "unknown key 'anchor_wieght'.*did you mean 'anchor_weight'"),
 ])
 def test_bad_settings_are_refused_with_the_fix(overrides: dict[str, Any], message: str) -> None:
     with pytest.raises(HyperParamsError, match=message):

@@ -61,6 +61,8 @@ def test_a_case_without_a_bare_question_is_refused_before_any_change(tok, llama)
     assert same_state(llama, before)
 
 
-def test_compat_mode_refuses_it() -> None:
+def test_compat_mode_and_a_wrong_type_are_refused() -> None:
     with pytest.raises(HyperParamsError, match="edit_bare_question is an improved-mode option"):
         DINMHyperParams.from_dict(hparams(mode="compat", edit_bare_question=True))
+    with pytest.raises(HyperParamsError, match="field 'edit_bare_question': expected true or false"):
+        DINMHyperParams.from_dict(hparams(edit_bare_question="maybe"))
