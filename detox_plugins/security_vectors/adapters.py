@@ -124,13 +124,19 @@ def _remember_requires_grad(model: Any) -> None:
 
 
 def attach(model: Any, adapter: str, config: "LoraConfig",
-           state_dict: Optional[Mapping[str, "torch.Tensor"]] = None) -> None:
+           state_dict: Optional[Mapping[str, "torch.Tensor"]] = None, seed: Optional[int] = None) -> None:
     """Inject LoRA ``adapter`` into ``model`` in place, optionally loading its weights.
 
     The adapter is left **inactive and frozen**: callers activate what they need with
     :func:`activate`. Tensor names and shapes are checked; on any error the adapter is removed.
+    ``seed`` (for a fresh adapter, without ``state_dict``) draws peft's random ``lora_A`` initialisation
+    from that seed on a forked generator, so a training run starts from the same adapter whatever
+    ran before it, and the caller's random state is left as it was.
     """
+    import contextlib
     import copy
+
+    import torch
 
     from peft.functional import inject_adapter_in_model, set_peft_model_state_dict
 
@@ -149,7 +155,11 @@ def attach(model: Any, adapter: str, config: "LoraConfig",
 
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*Already found a `peft_config` attribute.*")
-            inject_adapter_in_model(copy.deepcopy(config), model, adapter_name=adapter)
+            seeded = torch.random.fork_rng(devices=[]) if seed is not None else contextlib.nullcontext()
+            with seeded:
+                if seed is not None:
+                    torch.manual_seed(seed)
+                inject_adapter_in_model(copy.deepcopy(config), model, adapter_name=adapter)
         if state_dict is not None:
             expected = adapter_parameters(model, adapter)
             weights = {_strip_file_prefix(k): v for k, v in state_dict.items()}

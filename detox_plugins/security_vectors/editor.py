@@ -318,7 +318,7 @@ class SecurityVectorEditor(Editor):
         reference = (kl_reference(model, benign_encoded, top_k=hp.sv_kl_top_k, batch_size=hp.sv_batch_size,
                                   pad_id=pad_token_id(tokenizer)) if benign_encoded else None)
         name = hp.sv_adapter_name
-        adapters.attach(model, name, config)
+        adapters.attach(model, name, config, seed=hp.seed)
         try:
             adapters.activate(model, [name])  # the only trainable tensors in stage 1
             stats = train_vector(model, tokenizer, harmful_encoded, reference, hp)
@@ -404,7 +404,7 @@ class SecurityVectorEditor(Editor):
             if sv is not None:
                 adapters.attach(model, sv_name, sv.config, sv.tensors)
                 adapters.disable_dropout(model, sv_name)  # a frozen vector must not drop activations
-            adapters.attach(model, user, hp.user_lora.to_lora_config())
+            adapters.attach(model, user, hp.user_lora.to_lora_config(), seed=hp.seed)
             active = [sv_name, user] if sv is not None else [user]
             adapters.activate(model, active, frozen=[sv_name] if sv is not None else [])  # re-freeze after set_adapter
             stats = train_user(model, tokenizer, encoded, hp, guard_adapter=sv_name if sv is not None else None)

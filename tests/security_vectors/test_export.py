@@ -16,8 +16,12 @@ from detox_plugins.security_vectors.editor import (
     SecurityVectorEditor,
     UserAdapterEdit,
 )
+from detox_plugins.security_vectors.hparams import SecurityVectorHyperParams
 from registry.edits import PARAMETER_DELTA, ParameterEdit
 from registry.saved import load_edit
+
+from .conftest import SV_TASKS
+from .tiny import harmful_rows
 
 
 @pytest.fixture
@@ -217,3 +221,31 @@ def test_an_attached_adapter_follows_the_model_into_eval_mode(make_model, tokeni
     applied = load_edit(folder).apply(model, tokenizer)
     assert deterministic(model) and not any(m.training for m in model.modules())
     applied.revert()
+
+
+def test_training_starts_from_the_seeded_adapter_whatever_ran_before(make_model, tokenizer, hparams,
+                                                                     attack_rows) -> None:
+    """peft draws lora_A at random: with ``seed`` the vector and the user adapter start from the same draw
+    however the caller's generator was left, so a run gives the same result in any order; the caller's
+    generator is left where it was."""
+    import torch
+
+    runs = []
+    for caller_seed in (1, 2):
+        model = make_model()  # seeds the generator itself: the caller's draw comes after it
+        torch.manual_seed(caller_seed)
+        vector = SecurityVectorEditor(hparams(sv_epochs=2)).edit(model, tokenizer, harmful_rows(SV_TASKS[:6]))
+        vector.revert()
+        torch.manual_seed(10 + caller_seed)
+        tuned = SecurityVectorEditor(hparams(ft_epochs=1)).fine_tune(model, tokenizer, attack_rows[:6])
+        runs.append((vector.tensors(), tuned.tensors(), tuned.metadata["finetune"]["train"]["train_loss"]))
+        tuned.revert()
+        config = SecurityVectorHyperParams.from_dict(hparams()).user_lora.to_lora_config()
+        fresh = make_model()
+        before = torch.random.get_rng_state()
+        adapters.attach(fresh, "probe", config, seed=0)
+        assert torch.equal(torch.random.get_rng_state(), before)
+    (vector_1, user_1, loss_1), (vector_2, user_2, loss_2) = runs
+    assert vector_1.keys() == vector_2.keys() and all(torch.equal(vector_1[k], vector_2[k]) for k in vector_1)
+    assert user_1.keys() == user_2.keys() and all(torch.equal(user_1[k], user_2[k]) for k in user_1)
+    assert loss_1 == loss_2
