@@ -11,16 +11,29 @@ Equal shares mean the projection cannot tell the two apart. Prints one line per 
 
 from __future__ import annotations
 
+from typing import Any
+
+
+def first_answer_moment(model: Any, tokenizer: Any, module: Any, prompts: list[str]) -> Any:
+    """``K Kᵀ`` (float64) of ``module``'s input at the first answer position (the chat-formatted prompt's
+    last token) over ``prompts``."""
+    from detox_plugins.dinm.benign import BenignText
+    from detox_plugins.dinm.nullspace import NullSpaceSettings, input_second_moment
+    from detox_plugins.evaluation.generate import format_prompts
+
+    settings = NullSpaceSettings(prompts, 0.9, 0, True, 1024, "answer")
+    formatted = [BenignText(p) for p in format_prompts(tokenizer, prompts, use_chat_template=True)]
+    return input_second_moment(model, tokenizer, module, formatted, settings)[0]
+
 
 def main() -> int:
     import torch
 
     from detox_plugins.dinm.cases import as_request, load_cases
     from detox_plugins.dinm.editor import DINMEditor
-    from detox_plugins.dinm.benign import BenignText, load_prompts
+    from detox_plugins.dinm.benign import load_prompts
     from detox_plugins.dinm.nullspace import NullSpaceSettings, benign_texts, input_second_moment, null_space_projector
     from detox_plugins.evaluation.datasets import load_dataset
-    from detox_plugins.evaluation.generate import format_prompts
     from registry import from_hparams
     from registry.models import load_model
 
@@ -38,13 +51,8 @@ def main() -> int:
                                           NullSpaceSettings(every.prompts, 0.9, 16, True, 1024, where))[0]
                for where in ("all", "answer")}
 
-    def first_answer_inputs(prompts: list[str]) -> torch.Tensor:
-        settings = NullSpaceSettings(prompts, 0.9, 0, True, 1024, "answer")
-        formatted = [BenignText(p) for p in format_prompts(tok, prompts, use_chat_template=True)]
-        return input_second_moment(model, tok, module, formatted, settings)[0]
-
-    harmful = first_answer_inputs([r["prompt"] for r in load_dataset("harmbench", limit=40)])
-    benign = first_answer_inputs([r["prompt"] for r in load_dataset("benign-150")])
+    harmful = first_answer_moment(model, tok, module, [r["prompt"] for r in load_dataset("harmbench", limit=40)])
+    benign = first_answer_moment(model, tok, module, [r["prompt"] for r in load_dataset("benign-150")])
     d = delta.double()
 
     def energy(update: torch.Tensor, moment: torch.Tensor) -> float:
