@@ -29,7 +29,7 @@ Each finished row is cached in ``--work``/results.json (a rerun with the same se
 reruns). The saved edits are benchmarks/quality.py's default edits (``--edits``, reused when they were made
 for this model, else built there; default ``--work``/edits).
 
-    OMP_NUM_THREADS=1 python benchmarks/robustness.py                       # the full run (~25 min idle, est.; 1 h loaded)
+    OMP_NUM_THREADS=1 python benchmarks/robustness.py                       # the full run (19 min on 1 thread, 2026-12-07)
     OMP_NUM_THREADS=1 python benchmarks/robustness.py --quick               # smoke run: 5 prompts, 2 steps
     python benchmarks/robustness.py --configs base,dinm --protect base      # a subset
 """

@@ -1,6 +1,6 @@
 """benchmarks/robustness.py's pure parts: the survival table from cached rows, and its refusals of bad flags.
 
-The benchmark itself runs the embedded model for about 25 minutes (``python benchmarks/robustness.py``); these
+The benchmark itself runs the embedded model for about 19 minutes (``python benchmarks/robustness.py``); these
 tests build its result rows by hand and check what the tables make of them.
 """
 
