@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     free.revert()
     protocol.check_restored("unconstrained")
     module = model.get_submodule(name.rpartition(".")[0])
-    fit_harmful = first_answer_moment(model, tokenizer, module, [r["prompt"] for r in load_rows("sv_harmful.jsonl")])
+    fit_harmful = first_answer_moment(model, tokenizer, module, [r.prompt for r in load_rows("sv_harmful.jsonl")])
     fit_benign = first_answer_moment(model, tokenizer, module, load_prompts("benign-heldout", None))
     eval_harmful = first_answer_moment(model, tokenizer, module, protocol.harmful)
     eval_benign = first_answer_moment(model, tokenizer, module, protocol.benign)
