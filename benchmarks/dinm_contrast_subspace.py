@@ -69,7 +69,7 @@ def confined_updates(projectors: dict[str, "Any"], record: dict[str, Any]) -> It
 
 
 def main(argv: list[str] | None = None) -> int:
-    from dinm_nullspace_overlap import first_answer_moment
+    from dinm_nullspace_overlap import first_answer_moment, output_energy
     from dinm_targets import markdown, verdict
     from refusal_protocol import RefusalProtocol, add_protocol_arguments, printable, write_results
 
@@ -104,10 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     change = delta.double()
 
     def kept(projector: Any, moment: Any) -> float:
-        import torch
-
-        constrained = change @ projector.double()
-        return float(torch.trace(constrained @ moment @ constrained.T) / torch.trace(change @ moment @ change.T))
+        return output_energy(change @ projector.double(), moment) / output_energy(change, moment)
 
     projectors, selectivity = {}, []
     for rank in args.ranks:

@@ -26,6 +26,13 @@ def first_answer_moment(model: Any, tokenizer: Any, module: Any, prompts: list[s
     return input_second_moment(model, tokenizer, module, formatted, settings)[0]
 
 
+def output_energy(update: Any, moment: Any) -> float:
+    """``Σ‖update·k‖²`` over the inputs ``k`` whose second moment is ``moment`` (= trace(U K Kᵀ Uᵀ))."""
+    import torch
+
+    return float(torch.trace(update @ moment @ update.T))
+
+
 def main() -> int:
     import torch
 
@@ -55,17 +62,14 @@ def main() -> int:
     benign = first_answer_moment(model, tok, module, [r["prompt"] for r in load_dataset("benign-150")])
     d = delta.double()
 
-    def energy(update: torch.Tensor, moment: torch.Tensor) -> float:
-        return float(torch.trace(update @ moment @ update.T))
-
-    print(f"unconstrained: harmful {energy(d, harmful):.4g}, benign {energy(d, benign):.4g}")
+    print(f"unconstrained: harmful {output_energy(d, harmful):.4g}, benign {output_energy(d, benign):.4g}")
     for where in ("all", "answer"):
         for share in (0.2, 0.4, 0.6, 0.8, 0.9, 0.95):
             projector, rank, _ = null_space_projector(moments[where], share)
             projected = d @ projector.double()
             print(f"positions {where} energy {share}: rank {rank}, harmful kept "
-                  f"{energy(projected, harmful) / energy(d, harmful):.3f}, benign kept "
-                  f"{energy(projected, benign) / energy(d, benign):.3f}")
+                  f"{output_energy(projected, harmful) / output_energy(d, harmful):.3f}, benign kept "
+                  f"{output_energy(projected, benign) / output_energy(d, benign):.3f}")
     return 0
 
 

@@ -131,9 +131,10 @@ def attach(model: Any, adapter: str, config: "LoraConfig",
     :func:`activate`. Tensor names and shapes are checked; on any error the adapter is removed.
     ``seed`` (for a fresh adapter, without ``state_dict``) draws peft's random ``lora_A`` initialisation
     from that seed on a forked generator, so a training run starts from the same adapter whatever
-    ran before it, and the caller's random state is left as it was.
+    ran before it, and the caller's random state is left as it was. peft builds the LoRA layers on the
+    CPU and moves them to the base layer's device afterwards, so only the CPU generator is seeded (and
+    forked); a caller's CUDA generators are not touched.
     """
-    import contextlib
     import copy
 
     import torch
@@ -155,10 +156,9 @@ def attach(model: Any, adapter: str, config: "LoraConfig",
 
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*Already found a `peft_config` attribute.*")
-            seeded = torch.random.fork_rng(devices=[]) if seed is not None else contextlib.nullcontext()
-            with seeded:
+            with torch.random.fork_rng(devices=[], enabled=seed is not None):
                 if seed is not None:
-                    torch.manual_seed(seed)
+                    torch.random.default_generator.manual_seed(seed)
                 inject_adapter_in_model(copy.deepcopy(config), model, adapter_name=adapter)
         if state_dict is not None:
             expected = adapter_parameters(model, adapter)
